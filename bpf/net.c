@@ -1,0 +1,132 @@
+// podsnoop: per-interface, per-direction, per-protocol packet and byte counters.
+//
+// Attached with TC (clsact, direct-action) to the host side of each pod's veth:
+//   ingress = packets leaving the pod  (pod transmit)
+//   egress  = packets entering the pod (pod receive)
+// Every program returns TC_ACT_UNSPEC so the packet continues, unchanged, to the next
+// filter on the hook (a CNI's own program may sit behind ours).
+//
+// Compiled by bcc at start. The loader passes, from exporter/names.py:
+//   PROTO_OTHER PROTO_TCP PROTO_UDP PROTO_ICMP PROTO_ICMPV6, DIR_RECEIVE DIR_TRANSMIT,
+//   NET_MAX_ENTRIES.
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include <uapi/linux/pkt_cls.h>
+
+struct net_key {
+    u32 ifindex;
+    u8 dir;
+    u8 proto;
+    u16 pad;
+};
+
+struct net_value {
+    u64 packets;
+    u64 bytes;
+};
+
+// Per-CPU: each CPU adds to its own slot, no atomics on the packet path; userspace sums.
+BPF_PERCPU_HASH(net_counters, struct net_key, struct net_value, NET_MAX_ENTRIES);
+// Inserts that failed because net_counters was full.
+BPF_PERCPU_ARRAY(net_update_failures, u64, 1);
+
+#define ETH_HLEN_ 14
+#define VLAN_HLEN_ 4
+#define IPV6_HLEN_ 40
+#define MAX_VLAN_TAGS 2
+#define MAX_IPV6_EXT 4
+
+static __always_inline u8 classify_l4(u8 l4, int v6)
+{
+    if (l4 == IPPROTO_TCP)
+        return PROTO_TCP;
+    if (l4 == IPPROTO_UDP)
+        return PROTO_UDP;
+    if (!v6 && l4 == IPPROTO_ICMP)
+        return PROTO_ICMP;
+    if (v6 && l4 == IPPROTO_ICMPV6)
+        return PROTO_ICMPV6;
+    return PROTO_OTHER;
+}
+
+// bpf_skb_load_bytes copes with non-linear skbs, unlike direct packet access.
+static __always_inline u8 classify(struct __sk_buff *skb)
+{
+    u16 eth_proto;
+    u32 off = ETH_HLEN_;
+
+    if (bpf_skb_load_bytes(skb, 12, &eth_proto, sizeof(eth_proto)) < 0)
+        return PROTO_OTHER;
+    // 802.1Q / 802.1ad tags still in the packet data (an offloaded tag is not in the data).
+#pragma unroll
+    for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+        if (eth_proto != bpf_htons(ETH_P_8021Q) && eth_proto != bpf_htons(ETH_P_8021AD))
+            break;
+        if (bpf_skb_load_bytes(skb, off + 2, &eth_proto, sizeof(eth_proto)) < 0)
+            return PROTO_OTHER;
+        off += VLAN_HLEN_;
+    }
+
+    if (eth_proto == bpf_htons(ETH_P_IP)) {
+        u8 l4;
+        if (bpf_skb_load_bytes(skb, off + 9, &l4, 1) < 0)
+            return PROTO_OTHER;
+        return classify_l4(l4, 0);
+    }
+    if (eth_proto == bpf_htons(ETH_P_IPV6)) {
+        u8 next;
+        if (bpf_skb_load_bytes(skb, off + 6, &next, 1) < 0)
+            return PROTO_OTHER;
+        off += IPV6_HLEN_;
+        // Skip the extension headers a TCP/UDP/ICMPv6 packet may carry before its L4 header.
+#pragma unroll
+        for (int i = 0; i < MAX_IPV6_EXT; i++) {
+            u8 hdr[2];
+            if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+                next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT)
+                break;
+            if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+                return PROTO_OTHER;
+            off += next == IPPROTO_FRAGMENT ? 8 : ((u32)hdr[1] + 1) * 8;
+            next = hdr[0];
+        }
+        return classify_l4(next, 1);
+    }
+    return PROTO_OTHER;
+}
+
+static __always_inline int count(struct __sk_buff *skb, u8 dir)
+{
+    struct net_key key = {};
+    struct net_value zero = {};
+    struct net_value *value;
+
+    key.ifindex = skb->ifindex;
+    key.dir = dir;
+    key.proto = classify(skb);
+    value = net_counters.lookup_or_try_init(&key, &zero);
+    if (value) {
+        value->packets += 1;
+        value->bytes += skb->len;
+    } else {
+        u32 slot = 0;
+        u64 *failures = net_update_failures.lookup(&slot);
+        if (failures)
+            *failures += 1;
+    }
+    return TC_ACT_UNSPEC;
+}
+
+// Host veth ingress: the packet came out of the pod.
+int podsnoop_tc_ingress(struct __sk_buff *skb)
+{
+    return count(skb, DIR_TRANSMIT);
+}
+
+// Host veth egress: the packet goes into the pod.
+int podsnoop_tc_egress(struct __sk_buff *skb)
+{
+    return count(skb, DIR_RECEIVE);
+}

@@ -1,0 +1,22 @@
+// Stand-ins for other programs on the same TC hooks (a CNI's filter), for tests and benchmarks.
+// Not loaded by the exporter.
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+BPF_ARRAY(seen, u64, 1);
+
+// Counts every packet it sees and passes it on, like a CNI's filter would.
+int foreign_count(struct __sk_buff *skb)
+{
+    u32 slot = 0;
+    u64 *n = seen.lookup(&slot);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return TC_ACT_UNSPEC;
+}
+
+// The cheapest possible filter: the floor for the packet-path benchmark.
+int passthrough(struct __sk_buff *skb)
+{
+    return TC_ACT_UNSPEC;
+}

@@ -1,0 +1,136 @@
+"""Find, check and compile podsnoop's BPF C sources with bcc.
+
+Compilation happens at start, on the node, against its kernel headers. Every way this can
+fail on a real node (not root, bcc missing, no headers, no tracefs) is checked first and
+reported as one PodsnoopError with the fix, instead of a clang or ctypes traceback.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from . import names
+from .errors import PodsnoopError
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(os.environ.get("PODSNOOP_BPF_DIR") or Path(__file__).resolve().parent.parent / "bpf")
+TRACEFS = "/sys/kernel/tracing"
+CAP_SYS_ADMIN, CAP_BPF = 21, 39
+
+
+def _effective_caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> None:
+    caps = _effective_caps()
+    if os.geteuid() != 0 and not (caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1):
+        raise PodsnoopError(
+            "podsnoop needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load eBPF programs",
+            "run it as root, e.g. sudo podsnoop, or grant those capabilities")
+
+
+def import_bcc():
+    try:
+        import bcc  # Debian's python3-bpfcc, linked into the venv
+        bcc.BPF  # an empty or foreign "bcc" directory imports as a namespace package
+    except (ImportError, AttributeError) as e:
+        raise PodsnoopError(
+            f"the bcc Python module is not importable ({e})",
+            "apt-get install python3-bpfcc, then ./dev setup to link it into the venv "
+            "(never pip install bcc: that PyPI package is unrelated)") from None
+    except OSError as e:  # libbcc.so missing or broken
+        raise PodsnoopError(f"libbcc could not be loaded ({e})",
+                            "apt-get install --reinstall libbpfcc python3-bpfcc") from None
+    return bcc
+
+
+def check_kernel_headers() -> None:
+    release = os.uname().release
+    build = Path("/lib/modules") / release / "build"
+    if (build / "include").is_dir() or Path("/sys/kernel/kheaders.tar.xz").exists():
+        return
+    raise PodsnoopError(
+        f"kernel headers for {release} not found at {build} (bcc compiles the BPF programs "
+        "against them)",
+        f"install linux-headers-{release}, or on Debian linux-headers-cloud-amd64 and link "
+        f"{build} to /usr/src/linux-headers-<version>-cloud-amd64 (./dev setup does this)")
+
+
+def ensure_tracefs() -> None:
+    """bcc attaches tracepoints through tracefs; mount it if it is not."""
+    if Path(TRACEFS, "events").is_dir():
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", 0, None) != 0:
+        err = os.strerror(ctypes.get_errno())
+        raise PodsnoopError(f"tracefs is not mounted at {TRACEFS} and mounting it failed ({err})",
+                            f"mount -t tracefs tracefs {TRACEFS} (in a pod: mount the host's "
+                            f"{TRACEFS} into the container)")
+
+
+def preflight(need_tracefs: bool) -> None:
+    check_privileges()
+    import_bcc()
+    check_kernel_headers()
+    if need_tracefs:
+        ensure_tracefs()
+
+
+def defines(**extra: int) -> list[str]:
+    """-D flags shared by all programs: protocol and direction numbers from names.py."""
+    flags = [f"-DPROTO_{p.upper()}={i}" for i, p in enumerate(names.PROTOCOLS)]
+    flags += [f"-DDIR_RECEIVE={names.DIR_RECEIVE}", f"-DDIR_TRANSMIT={names.DIR_TRANSMIT}"]
+    flags += [f"-D{k}={v}" for k, v in sorted(extra.items())]
+    return flags
+
+
+def source_path(program: str) -> Path:
+    path = BPF_DIR / f"{program}.c"
+    if not path.is_file():
+        raise PodsnoopError(f"BPF source {path} is missing",
+                            "reinstall podsnoop or set PODSNOOP_BPF_DIR to the bpf/ directory")
+    return path
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """clang writes to fd 2 from C++; capture it so a failure becomes one clean message."""
+    with tempfile.TemporaryFile() as buf:
+        saved = os.dup(2)
+        os.dup2(buf.fileno(), 2)
+        output: list[str] = []
+        try:
+            yield output
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            output.append(buf.read().decode(errors="replace"))
+
+
+def compile_program(program: str, cflags: list[str]):
+    """Compile bpf/<program>.c with bcc; raise PodsnoopError with clang's first error."""
+    bcc = import_bcc()
+    path = source_path(program)
+    with _captured_stderr() as err:
+        try:
+            return bcc.BPF(src_file=str(path).encode(), cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception on compile/load failure
+            failure = e
+    text = "".join(err)
+    first = next((ln for ln in text.splitlines() if re.search(r"error|fatal", ln, re.I)),
+                 str(failure))
+    if "kernel headers" in text or "Unable to find kernel" in text:
+        check_kernel_headers()
+    raise PodsnoopError(f"compiling {path.name} failed: {first.strip()}",
+                        "check that the kernel headers match the running kernel")

@@ -1,0 +1,116 @@
+"""Per-pod network counters from bpf/net.c's net_counters map.
+
+Keys are (ifindex, direction, protocol); the link manager knows which pod and interface an
+ifindex is. When a link disappears its last values are retired: kept (and exported) for the
+grace period so the final increments are scraped, while the map entries are deleted at once
+(the ifindex may be reused by the next pod).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .. import names
+from .bpfmaps import read_items, sum_counter_array, sum_percpu
+
+MAP = "net_counters"
+FAMILIES = (  # (direction, field, metric name, help)
+    (names.DIR_RECEIVE, "bytes", names.NET_RECEIVE_BYTES, "Bytes received by the pod."),
+    (names.DIR_TRANSMIT, "bytes", names.NET_TRANSMIT_BYTES, "Bytes sent by the pod."),
+    (names.DIR_RECEIVE, "packets", names.NET_RECEIVE_PACKETS, "Packets received by the pod."),
+    (names.DIR_TRANSMIT, "packets", names.NET_TRANSMIT_PACKETS, "Packets sent by the pod."),
+)
+FIELDS = ("packets", "bytes")
+
+
+class NetworkCollector:
+    def __init__(self, bpf, links, labeler, grace_seconds: float, clock=time.monotonic):
+        self.table = bpf[MAP]
+        self.failures = bpf["net_update_failures"]
+        self.links = links            # LinkManager (links: ifindex -> PodLink)
+        self.labeler = labeler
+        self.grace_seconds = grace_seconds
+        self.clock = clock
+        self._retired: dict[tuple, list] = {}   # sample key -> [packets, bytes, expires]
+        self._lock = threading.Lock()
+
+    def _base_labels(self, link) -> tuple[str, ...]:
+        namespace, pod = self.labeler.pod(link.pod_uid)
+        return (namespace, pod, link.pod_uid, link.name)
+
+    def retire(self, link) -> None:
+        """Called when a link is deleted: keep its totals for the grace period, free the map."""
+        base = self._base_labels(link)
+        expires = self.clock() + self.grace_seconds
+        Key = self.table.Key
+        with self._lock:
+            for direction in (names.DIR_RECEIVE, names.DIR_TRANSMIT):
+                for proto in range(len(names.PROTOCOLS)):
+                    key = Key(link.index, direction, proto, 0)
+                    try:
+                        packets, nbytes = sum_percpu(self.table[key], FIELDS)
+                        del self.table[key]
+                    except KeyError:
+                        continue
+                    sample = (direction, base + (names.PROTOCOLS[proto],))
+                    old = self._retired.get(sample, [0, 0, 0])
+                    self._retired[sample] = [old[0] + packets, old[1] + nbytes, expires]
+
+    def _families(self):
+        return {(d, f): CounterMetricFamily(n, h, labels=list(names.NET_LABELS))
+                for d, f, n, h in FAMILIES}
+
+    def describe(self):
+        yield from self._families().values()
+        yield from self._self_families(0, 0)
+
+    def _self_families(self, entries: int, failures: int):
+        e = GaugeMetricFamily(names.BPF_MAP_ENTRIES, "Entries in a BPF map.", labels=["map"])
+        e.add_metric([MAP], entries)
+        m = GaugeMetricFamily(names.BPF_MAP_MAX_ENTRIES, "Capacity of a BPF map.",
+                              labels=["map"])
+        m.add_metric([MAP], self.table.max_entries)
+        f = CounterMetricFamily(names.BPF_MAP_UPDATE_FAILURES,
+                                "Counter updates lost because a BPF map was full.",
+                                labels=["map"])
+        f.add_metric([MAP], failures)
+        a = GaugeMetricFamily(names.ATTACHED_INTERFACES,
+                              "Pod interfaces with podsnoop's TC programs attached.")
+        a.add_metric([], sum(1 for link in list(self.links.links.values()) if link.attached))
+        return e, m, f, a
+
+    def collect(self):
+        families = self._families()
+        links = dict(self.links.links)
+        base_cache: dict[int, tuple] = {}
+        items = read_items(self.table)
+        totals: dict[tuple, list] = {}
+        for key, values in items:
+            link = links.get(key.ifindex)
+            if link is None:
+                continue  # removed between the event and this read; retire() has it
+            base = base_cache.get(key.ifindex)
+            if base is None:
+                base = base_cache[key.ifindex] = self._base_labels(link)
+            proto = names.PROTOCOLS[key.proto] if key.proto < len(names.PROTOCOLS) else "other"
+            sample = (key.dir, base + (proto,))
+            packets, nbytes = sum_percpu(values, FIELDS)
+            acc = totals.setdefault(sample, [0, 0])
+            acc[0] += packets
+            acc[1] += nbytes
+        now = self.clock()
+        with self._lock:
+            for sample, (packets, nbytes, expires) in list(self._retired.items()):
+                if expires <= now:
+                    del self._retired[sample]
+                    continue
+                acc = totals.setdefault(sample, [0, 0])
+                acc[0] += packets
+                acc[1] += nbytes
+        for (direction, labels), (packets, nbytes) in totals.items():
+            families[(direction, "packets")].add_metric(labels, packets)
+            families[(direction, "bytes")].add_metric(labels, nbytes)
+        yield from families.values()
+        yield from self._self_families(len(items), sum_counter_array(self.failures))

@@ -1,0 +1,119 @@
+"""Command-line flags, each also settable by a PODSNOOP_* environment variable.
+
+Bad values end in one argparse error line (exit 2), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+
+from . import __version__
+
+DEFAULT_PORT = 9435
+# Prometheus marks a vanished series stale after 5 minutes; keep a gone pod's final
+# counters one 30 s scrape beyond that so the last increments are scraped.
+DEFAULT_GRACE_SECONDS = 330.0
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str
+    port: int
+    kube: str
+    kubeconfig: str | None
+    node_name: str | None
+    log_level: str
+    interfaces: str | None
+    tc_priority: int
+    grace_seconds: float
+    net_map_entries: int
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    m = re.fullmatch(r"\[?([^\]]*?)\]?:(\d+)", value.strip())
+    if not m or not 0 <= int(m.group(2)) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:{DEFAULT_PORT})")
+    return (m.group(1) or "0.0.0.0", int(m.group(2)))
+
+
+def regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a valid regular expression: {e}")
+    return value
+
+
+def bounded_int(lo: int, hi: int):
+    def parse(value: str) -> int:
+        try:
+            n = int(value, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{n} is outside {lo}..{hi}")
+        return n
+    return parse
+
+
+def seconds(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= n <= 86400:
+        raise argparse.ArgumentTypeError(f"{n} is outside 0..86400 seconds")
+    return n
+
+
+# (flag, env var, default, type, help, extra argparse kwargs)
+FLAGS = [
+    ("--listen", "PODSNOOP_LISTEN", f"0.0.0.0:{DEFAULT_PORT}", listen_address,
+     "HOST:PORT to serve /metrics, /healthz and /readyz on", {}),
+    ("--kube", "PODSNOOP_KUBE", "auto", str,
+     "auto: label samples from the Kubernetes API (in-cluster or kubeconfig) when one is "
+     "configured; off: pod_uid / container_id labels only", {"choices": ["auto", "off"]}),
+    ("--kubeconfig", "KUBECONFIG", None, str, "kubeconfig file for --kube auto", {}),
+    ("--node-name", "NODE_NAME", None, str,
+     "this node's name, to watch only its pods (default: the hostname)", {}),
+    ("--log-level", "PODSNOOP_LOG_LEVEL", "info", str.lower, "log level",
+     {"choices": ["debug", "info", "warning", "error"]}),
+    ("--interfaces", "PODSNOOP_INTERFACES", None, regex,
+     "only attach to host veths whose name fully matches this regex (default: every veth "
+     "whose peer is in another network namespace)", {}),
+    ("--tc-priority", "PODSNOOP_TC_PRIORITY", "50000", bounded_int(1, 65535),
+     "TC filter priority of podsnoop's programs; higher runs later, after a CNI's filters", {}),
+    ("--grace-period", "PODSNOOP_GRACE_PERIOD", str(DEFAULT_GRACE_SECONDS), seconds,
+     "seconds a deleted pod's last counters stay exported", {}),
+    ("--net-map-entries", "PODSNOOP_NET_MAP_ENTRIES", "16384", bounded_int(64, 1 << 22),
+     "capacity of the network counter map (10 entries per interface at most)", {}),
+]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="podsnoop",
+        description="eBPF Prometheus exporter: per-pod network and per-container syscall "
+                    "statistics. Every flag can also be set by the environment variable "
+                    "shown; the flag wins.")
+    for flag, env, default, kind, text, extra in FLAGS:
+        p.add_argument(flag, default=os.environ.get(env, default), type=kind,
+                       help=f"{text} [env {env}; default {default}]", **extra)
+    p.add_argument("--version", action="version", version=f"podsnoop {__version__}")
+    return p
+
+
+def parse(argv: list[str] | None = None) -> Config:
+    p = parser()
+    a = p.parse_args(argv)  # argparse also types (and rejects) string defaults from the env
+    for flag, env, _, _, _, extra in FLAGS:
+        value = getattr(a, flag[2:].replace("-", "_"))
+        if "choices" in extra and value not in extra["choices"]:
+            p.error(f"{env}={value!r}: choose from {', '.join(extra['choices'])}")
+    host, port = a.listen
+    return Config(host=host, port=port, kube=a.kube, kubeconfig=a.kubeconfig,
+                  node_name=a.node_name, log_level=a.log_level, interfaces=a.interfaces,
+                  tc_priority=a.tc_priority, grace_seconds=a.grace_period,
+                  net_map_entries=a.net_map_entries)

@@ -1,0 +1,156 @@
+"""Find pod veths, keep following them, and keep our TC programs attached to each.
+
+A pod veth is, from the host's side, a veth whose peer lives in another network namespace
+(the link carries IFLA_LINK_NETNSID). We list them at start, then follow RTM_NEWLINK /
+RTM_DELLINK: a new pod's veth is attached as soon as its event arrives; a deleted one is
+forgotten (the kernel removed its filters with it) and its counters are retired.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+from .tc import GONE, ForeignFilterError, TcAttacher
+
+log = logging.getLogger(__name__)
+
+UNRESOLVED_RETRY_SECONDS = 1.0
+FULL_REFRESH_SECONDS = 30.0
+
+
+@dataclass
+class PodLink:
+    index: int
+    name: str
+    netnsid: int | None
+    pod_uid: str = ""
+    attached: bool = False
+
+
+def is_pod_veth(msg) -> bool:
+    kind = msg.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+    return kind == "veth" and msg.get("IFLA_LINK_NETNSID") is not None
+
+
+class LinkManager:
+    def __init__(self, attacher: TcAttacher, netns_index, name_pattern: str | None = None,
+                 on_removed: Callable[[PodLink], None] = lambda link: None):
+        self.attacher = attacher
+        self.netns_index = netns_index
+        self.name_re = re.compile(name_pattern) if name_pattern else None
+        self.on_removed = on_removed
+        self.links: dict[int, PodLink] = {}
+        self.attach_failures = 0
+        self._events: AsyncIPRoute | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._new_link_seen = False
+
+    def _wanted(self, msg) -> bool:
+        return is_pod_veth(msg) and (self.name_re is None or
+                                     bool(self.name_re.fullmatch(msg.get("ifname") or "")))
+
+    async def start(self) -> None:
+        # Subscribe before listing, so a link created in between is not missed.
+        self._events = AsyncIPRoute()
+        await self._events.bind(groups=RTMGRP_LINK)
+        await self.netns_index.refresh(force=True)
+        for msg in [m async for m in await self.attacher.ipr.get_links()]:
+            if self._wanted(msg):
+                await self._add(msg)
+            elif await self.attacher.sweep(msg["index"]):
+                log.info("removed a leftover podsnoop filter from %s", msg.get("ifname"))
+        self._tasks = [asyncio.create_task(self._follow_events(), name="link-events"),
+                       asyncio.create_task(self._resolve_pods(), name="link-pods")]
+
+    async def stop(self) -> None:
+        """Detach everything we attached; leave every other filter alone."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in list(self.links.values()):
+            if link.attached:
+                try:
+                    await self.attacher.detach(link.index)
+                except NetlinkError as e:
+                    log.warning("detaching from %s failed: %s", link.name, e)
+        self.links.clear()
+        if self._events is not None:
+            self._events.close()
+
+    async def _add(self, msg) -> None:
+        index, name = msg["index"], msg.get("ifname") or f"if{msg['index']}"
+        known = self.links.get(index)
+        if known and known.name == name and known.attached:
+            return
+        if known:  # ifindex reused by a new device
+            self._forget(index)
+        link = PodLink(index, name, msg.get("IFLA_LINK_NETNSID"))
+        link.pod_uid = self.netns_index.pod_uid(link.netnsid)
+        self.links[index] = link
+        self._new_link_seen = True
+        try:
+            await self.attacher.attach(index)
+            link.attached = True
+            log.info("attached to %s (ifindex %d, pod %s)", name, index, link.pod_uid or "?")
+        except ForeignFilterError as e:
+            self.attach_failures += 1
+            log.error("not attaching to %s: %s", name, e)
+        except NetlinkError as e:
+            if e.code in GONE:  # the link went away while we attached
+                self.links.pop(index, None)
+            else:
+                self.attach_failures += 1
+                log.error("attaching to %s failed: %s", name, e)
+
+    def _forget(self, index: int) -> None:
+        link = self.links.pop(index, None)
+        if link is not None:
+            log.info("%s (ifindex %d) is gone", link.name, index)
+            self.on_removed(link)
+
+    async def _follow_events(self) -> None:
+        while True:
+            async for msg in self._events.get():
+                try:
+                    if msg["event"] == "RTM_NEWLINK" and self._wanted(msg):
+                        await self._add(msg)
+                    elif msg["event"] == "RTM_DELLINK" or (
+                            msg["event"] == "RTM_NEWLINK" and msg["index"] in self.links
+                            and not self._wanted(msg)):
+                        self._forget(msg["index"])
+                except Exception:  # one bad event must not stop the watch
+                    log.exception("handling %s failed", msg.get("event"))
+
+    async def _resolve_pods(self) -> None:
+        """Give links whose pod was not known yet (pod process not started) their pod.
+
+        Retries every second while something is unresolved, backing off to
+        FULL_REFRESH_SECONDS when retries find nothing new (veths of non-pod containers
+        stay unresolved forever and must not cost a cgroup walk a second).
+        """
+        delay, waited = UNRESOLVED_RETRY_SECONDS, 0.0
+        while True:
+            await asyncio.sleep(UNRESOLVED_RETRY_SECONDS)
+            waited += UNRESOLVED_RETRY_SECONDS
+            if self._new_link_seen:
+                self._new_link_seen, delay = False, UNRESOLVED_RETRY_SECONDS
+            unresolved = sum(1 for link in self.links.values() if not link.pod_uid)
+            if waited < (delay if unresolved else FULL_REFRESH_SECONDS):
+                continue
+            waited = 0.0
+            try:
+                await self.netns_index.refresh(force=True)
+            except Exception:
+                log.exception("refreshing the pod network namespaces failed")
+                continue
+            for link in self.links.values():
+                link.pod_uid = self.netns_index.pod_uid(link.netnsid)
+            still = sum(1 for link in self.links.values() if not link.pod_uid)
+            delay = delay if still < unresolved else min(delay * 2, FULL_REFRESH_SECONDS)

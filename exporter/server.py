@@ -1,0 +1,61 @@
+"""HTTP endpoints: /metrics, /healthz, /readyz (aiohttp).
+
+Collection reads BPF maps and builds text, so it runs in a worker thread and never blocks
+the event loop (link events keep flowing during a scrape). Concurrent scrapes share one
+collection in flight instead of each starting its own: 200 simultaneous requests cost one
+map read, and memory stays bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+
+@dataclass
+class Health:
+    """What /readyz reports: ready once the programs are attached; degraded parts listed."""
+    attached: bool = False
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> str:
+        lines = ["ready" if self.attached else "not ready: programs not attached yet"]
+        lines += [f"degraded: {part}: {why}" for part, why in sorted(self.problems.items())]
+        return "\n".join(lines) + "\n"
+
+
+class MetricsHandler:
+    def __init__(self, registry):
+        self.registry = registry
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept"))
+        future = self._inflight.get(content_type)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(None, encoder, self.registry)
+            self._inflight[content_type] = future
+            future.add_done_callback(lambda _: self._inflight.pop(content_type, None))
+        body = await asyncio.shield(future)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def make_app(registry, health: Health) -> web.Application:
+    async def healthz(_):
+        return web.Response(text="ok\n")
+
+    async def readyz(_):
+        return web.Response(text=health.body(), status=200 if health.attached else 503)
+
+    async def index(_):
+        return web.Response(text="podsnoop: see /metrics, /healthz, /readyz\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", MetricsHandler(registry))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", index)
+    return app

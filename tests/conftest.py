@@ -1,0 +1,89 @@
+"""Shared fixtures: the kernel check, test pods, a running exporter.
+
+Kernel tests never skip silently. If this machine cannot load BPF they fail, unless
+PODSNOOP_ALLOW_NO_KERNEL=1 is set, and then they skip with a banner at the end of the run.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from exporter.exporterproc import ExporterProcess
+from exporter.testpods import PodFactory
+
+_kernel: dict = {}
+
+
+def kernel_problem() -> str | None:
+    """None if this machine can compile and load podsnoop's programs, else why not."""
+    if "problem" not in _kernel:
+        try:
+            from exporter import bpfload
+            bpfload.preflight(need_tracefs=True)
+            bpf = bpfload.compile_program("net", bpfload.defines(NET_MAX_ENTRIES=64))
+            bpf.load_func("podsnoop_tc_ingress", bpf.SCHED_CLS)
+            bpf.cleanup()
+            _kernel["problem"] = None
+        except Exception as e:  # noqa: BLE001 - any failure means no kernel tests
+            _kernel["problem"] = f"{type(e).__name__}: {e}"
+    return _kernel["problem"]
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    problem = kernel_problem()
+    if problem:
+        if os.environ.get("PODSNOOP_ALLOW_NO_KERNEL") == "1":
+            pytest.skip(f"KERNEL TESTS NOT RUN: {problem}")
+        pytest.fail(f"this machine cannot load podsnoop's BPF programs: {problem}\n"
+                    "(set PODSNOOP_ALLOW_NO_KERNEL=1 to skip kernel tests loudly instead)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _kernel.get("problem"):
+        bar = "!" * 78
+        terminalreporter.write_line(bar, red=True, bold=True)
+        terminalreporter.write_line(f"KERNEL TESTS DID NOT RUN: {_kernel['problem']}",
+                                    red=True, bold=True)
+        terminalreporter.write_line(bar, red=True, bold=True)
+
+
+@pytest.fixture(scope="module")
+def factory(kernel):
+    with PodFactory() as f:
+        yield f
+
+
+@pytest.fixture
+def pods(kernel):
+    """A factory whose pods are removed after each test."""
+    with PodFactory() as f:
+        yield f
+
+
+def run_exporter(factory: PodFactory, *args: str, **kw) -> ExporterProcess:
+    """An exporter limited to this factory's veths, so parallel or leftover test pods of
+    other factories cannot disturb the figures."""
+    return ExporterProcess("--kube", "off", "--interfaces", rf"{factory.tag}h\d+",
+                           *args, **kw).start()
+
+
+@pytest.fixture(scope="module")
+def exporter(factory):
+    proc = run_exporter(factory)
+    yield proc
+    code = proc.stop()
+    assert code == 0, proc.output()
+
+
+def our_filters(host_if: str, priority: int = 50000) -> list[str]:
+    """podsnoop's filter lines (ours by priority) on both hooks of a link, via tc(8)."""
+    lines = []
+    for hook in ("ingress", "egress"):
+        out = subprocess.run(["tc", "filter", "show", "dev", host_if, hook],
+                             capture_output=True, text=True).stdout
+        lines += [f"{hook}: {ln}" for ln in out.splitlines()
+                  if f"pref {priority} " in ln and "handle" in ln]
+    return lines

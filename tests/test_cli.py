@@ -1,0 +1,110 @@
+"""Flags, environment variables, and every start-up failure an operator can meet: one clear
+error line with the fix, a non-zero exit code, never a traceback. The faults are real
+(a port really in use, headers and bcc really hidden in a private mount namespace, a real
+unprivileged user), not simulated inside the exporter."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter import names
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def podsnoop(*args: str, env: dict | None = None, prefix: list[str] | None = None,
+             python: str = sys.executable, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*(prefix or []), python, "-m", "exporter", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_clean_failure(r: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    out = r.stdout + r.stderr
+    assert r.returncode == code, out
+    assert "Traceback" not in out, out
+    for needle in needles:
+        assert needle in out, out
+
+
+def test_help_lists_every_flag_with_its_environment_variable():
+    r = podsnoop("--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for flag, env in (("--listen", "PODSNOOP_LISTEN"), ("--kube", "PODSNOOP_KUBE"),
+                      ("--log-level", "PODSNOOP_LOG_LEVEL"), ("--interfaces", "PODSNOOP_INTERFACES")):
+        assert flag in text and env in text
+
+
+def test_console_script_starts_the_same_program():
+    script = Path(sys.executable).parent / "podsnoop"
+    r = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("podsnoop ")
+
+
+@pytest.mark.parametrize("args,env,needle", [
+    (["--listen", "nonsense"], {}, "is not HOST:PORT"),
+    (["--listen", "0.0.0.0:70000"], {}, "is not HOST:PORT"),
+    (["--kube", "maybe"], {}, "invalid choice"),
+    (["--interfaces", "(unclosed"], {}, "not a valid regular expression"),
+    (["--tc-priority", "0"], {}, "outside 1..65535"),
+    (["--grace-period", "soon"], {}, "not a number of seconds"),
+    ([], {"PODSNOOP_LISTEN": "nowhere"}, "is not HOST:PORT"),
+    ([], {"PODSNOOP_KUBE": "sometimes"}, "PODSNOOP_KUBE='sometimes': choose from auto, off"),
+    ([], {"PODSNOOP_LOG_LEVEL": "loud"}, "PODSNOOP_LOG_LEVEL='loud'"),
+])
+def test_bad_values_are_one_line_errors(args, env, needle):
+    assert_clean_failure(podsnoop(*args, env=env), 2, needle)
+
+
+def test_port_in_use(kernel):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = podsnoop("--kube", "off", "--listen", f"127.0.0.1:{port}")
+    assert_clean_failure(r, 1, "podsnoop: error: cannot listen on", "port is in use",
+                         "podsnoop: fix:")
+
+
+def in_private_mounts(*mounts: str) -> list[str]:
+    """A prefix that runs the command with empty tmpfs over the given paths."""
+    script = " && ".join(f"mount -t tmpfs none {m}" for m in mounts) + ' && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+def test_missing_kernel_headers(kernel):
+    r = podsnoop("--kube", "off", "--listen", "127.0.0.1:0",
+                 prefix=in_private_mounts("/lib/modules"))
+    assert_clean_failure(r, 1, "kernel headers", "not found", "podsnoop: fix: install linux-headers")
+
+
+def test_missing_bcc(kernel):
+    r = podsnoop("--kube", "off", "--listen", "127.0.0.1:0",
+                 prefix=in_private_mounts("/usr/lib/python3/dist-packages/bcc"))
+    assert_clean_failure(r, 1, "bcc Python module is not importable", "apt-get install python3-bpfcc")
+
+
+def test_not_root(kernel):
+    """As nobody, with Debian's python3 (the venv's interpreter lives under /root)."""
+    site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+    r = podsnoop("--kube", "off", "--listen", "127.0.0.1:0", python="/usr/bin/python3",
+                 prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+                 env={"PYTHONPATH": f"{REPO}:{site}", "HOME": "/tmp"})
+    assert_clean_failure(r, 1, "needs root", "podsnoop: fix:")
+
+
+def test_build_info_and_self_metrics_are_served(exporter):
+    m = exporter.metrics()
+    assert m.value(names.BUILD_INFO) == 1
+    assert m.value(names.SCRAPE_COLLECTOR_SUCCESS, collector="network") == 1
+    assert m.value(names.BPF_MAP_MAX_ENTRIES, map="net_counters") == 16384
+    status, body = exporter.get("/healthz")
+    assert status == 200
+    status, body = exporter.get("/readyz")
+    assert status == 200 and body.startswith("ready")

@@ -1,0 +1,142 @@
+"""Attach lifecycle: coexistence with foreign filters, clean exit, crash and restart,
+hand-over between two instances. Real veths, real TC, the real exporter process."""
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+from pyroute2 import IPRoute
+
+from exporter import bpfload, names
+from exporter.tc import TC_H_EGRESS, TC_H_INGRESS
+from conftest import our_filters, run_exporter
+from test_network import wait_for
+
+TRANSMIT_ICMP = names.NET_TRANSMIT_PACKETS + "_total"
+
+
+def tc_lines(host_if: str) -> list[str]:
+    out = []
+    for hook in ("ingress", "egress"):
+        out += [f"{hook}: {ln}" for ln in subprocess.run(
+            ["tc", "filter", "show", "dev", host_if, hook], capture_output=True,
+            text=True).stdout.splitlines() if "handle" in ln]
+    return out
+
+
+def has_clsact(host_if: str) -> bool:
+    return "clsact" in subprocess.run(["tc", "qdisc", "show", "dev", host_if],
+                                      capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def foreign(kernel):
+    """A CNI stand-in: a counting filter in front of ours (prio 100) and one behind (60000)."""
+    bpf = bpfload.compile_program("testing/foreign", [])
+    fn = bpf.load_func("foreign_count", bpf.SCHED_CLS)
+
+    def attach(pod):
+        with IPRoute() as ipr:
+            idx = pod.host_ifindex()
+            ipr.tc("add", "clsact", idx)
+            for prio in (100, 60000):
+                for hook in (TC_H_INGRESS, TC_H_EGRESS):
+                    ipr.tc("add-filter", "bpf", idx, 0x77, fd=fn.fd, name=f"cni_{prio}",
+                           parent=hook, classid=1, direct_action=True, prio=prio)
+
+    yield attach, (lambda: bpf["seen"][bpf["seen"].Key(0)].value)
+    bpf.cleanup()
+
+
+def test_coexists_with_foreign_filters_and_leaves_them(pods, foreign):
+    attach_foreign, foreign_seen = foreign
+    pod = pods.create()
+    attach_foreign(pod)
+    proc = run_exporter(pods)
+    try:
+        wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="our filters")
+        before = foreign_seen()
+        pod.exec(["ping", "-c", "5", "-i", "0.05", "-q", pod.host_ip])
+        wait_for(lambda: proc.metrics().value(TRANSMIT_ICMP, interface=pod.host_if,
+                                              protocol="icmp") == 5, what="our count")
+        # Both foreign filters (in front and behind ours) saw every ping and reply on both
+        # hooks: our program handed each packet on instead of ending classification.
+        assert foreign_seen() - before >= 5 * 2 * 2
+    finally:
+        assert proc.stop() == 0, proc.output()
+    lines = tc_lines(pod.host_if)
+    assert not our_filters(pod.host_if)
+    assert sum("cni_100" in ln for ln in lines) == 2
+    assert sum("cni_60000" in ln for ln in lines) == 2
+    assert has_clsact(pod.host_if), "the foreign clsact qdisc must stay"
+
+
+def test_sigterm_detaches_everything_and_exits_zero(pods):
+    pod = pods.create()
+    proc = run_exporter(pods)
+    wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
+    assert has_clsact(pod.host_if)
+    assert proc.stop(signal.SIGTERM) == 0, proc.output()
+    assert tc_lines(pod.host_if) == []
+    assert not has_clsact(pod.host_if), "the clsact qdisc podsnoop created must go"
+
+
+def test_sigint_also_exits_cleanly(pods):
+    pod = pods.create()
+    proc = run_exporter(pods)
+    wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
+    assert proc.stop(signal.SIGINT) == 0, proc.output()
+    assert tc_lines(pod.host_if) == []
+
+
+def test_restart_after_sigkill_does_not_double_attach(pods):
+    pod = pods.create()
+    first = run_exporter(pods)
+    wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
+    first.stop(signal.SIGKILL)
+    leftovers = our_filters(pod.host_if)
+    assert len(leftovers) == 2, "SIGKILL leaves the filters behind; the next start owns them"
+    second = run_exporter(pods)
+    try:
+        wait_for(lambda: all(f"@{second.proc.pid}" in ln for ln in our_filters(pod.host_if)),
+                 what="the new instance to take over")
+        assert len(our_filters(pod.host_if)) == 2
+        pod.exec(["ping", "-c", "3", "-i", "0.05", "-q", pod.host_ip])
+        wait_for(lambda: second.metrics().value(TRANSMIT_ICMP, interface=pod.host_if,
+                                                protocol="icmp") == 3, what="counting")
+    finally:
+        assert second.stop() == 0
+    assert tc_lines(pod.host_if) == []
+
+
+def test_leftover_on_an_excluded_link_is_swept_at_start(pods):
+    pod = pods.create()
+    first = run_exporter(pods)
+    wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
+    first.stop(signal.SIGKILL)
+    # The next run is configured not to watch this link: the dead run's filters must go.
+    second = run_exporter(pods, "--interfaces", "nothing-matches")  # the last flag wins
+    try:
+        wait_for(lambda: not our_filters(pod.host_if), what="the sweep")
+    finally:
+        assert second.stop() == 0
+
+
+def test_older_instance_exiting_leaves_the_newer_ones_filters(pods):
+    """A rolling update with surge: the new pod starts before the old one stops."""
+    pod = pods.create()
+    old = run_exporter(pods)
+    wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
+    new = run_exporter(pods)
+    try:
+        wait_for(lambda: all(f"@{new.proc.pid}" in ln for ln in our_filters(pod.host_if)),
+                 what="the new instance to take over")
+        assert old.stop() == 0
+        assert len(our_filters(pod.host_if)) == 2
+        pod.exec(["ping", "-c", "2", "-i", "0.05", "-q", pod.host_ip])
+        wait_for(lambda: new.metrics().value(TRANSMIT_ICMP, interface=pod.host_if,
+                                             protocol="icmp") == 2, what="counting")
+    finally:
+        assert new.stop() == 0
+    assert tc_lines(pod.host_if) == []
