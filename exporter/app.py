@@ -12,9 +12,11 @@ from prometheus_client.core import GaugeMetricFamily
 from pyroute2 import AsyncIPRoute
 
 from . import __version__, bpfload, names
-from .cgroups import CgroupResolver
+from .cgroups import CgroupError, CgroupResolver
 from .collectors.network import NetworkCollector
 from .collectors.scrape import ScrapeCollector
+from .collectors.syscalls import SyscallCollector
+from .kuberoots import RootSync, choose_level
 from .config import Config
 from .errors import PodsnoopError
 from .labels import PodLabeler
@@ -58,8 +60,43 @@ def load_network_programs(cfg: Config):
     return net, programs
 
 
+LATENCY_MAX_ENTRIES = 32768
+INFLIGHT_MAX_ENTRIES = 65536
+HOUSEKEEPING_SECONDS = 10.0
+
+
+def load_syscall_programs(cfg: Config, resolver):
+    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the syscall programs."""
+    level = choose_level(resolver)
+    bpf = bpfload.compile_program("syscalls", bpfload.defines(
+        FILTER_PODS=int(cfg.syscall_scope == "pods"), KUBEPODS_LEVEL=level, LATENCY=1,
+        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES,
+        INFLIGHT_MAX_ENTRIES=INFLIGHT_MAX_ENTRIES))
+    return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
+
+
+async def housekeeping(resolver, root_sync: RootSync | None) -> None:
+    """Notice gone pods and new kubepods roots: the scrape path never walks cgroupfs."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_SECONDS)
+        try:
+            await asyncio.to_thread(resolver.rescan)
+            if root_sync is not None:
+                root_sync.sync()
+        except Exception:
+            log.exception("housekeeping failed")
+
+
+def make_resolver() -> CgroupResolver:
+    try:
+        return CgroupResolver()
+    except CgroupError as e:
+        raise PodsnoopError(str(e), "run on a host with cgroup v2 (unified or hybrid) and "
+                                    "mount the host's /sys/fs/cgroup into the container") from None
+
+
 async def run(cfg: Config) -> int:
-    bpfload.preflight(need_tracefs=False)
+    bpfload.preflight(need_tracefs=cfg.syscalls)
     health = Health()
     registry = CollectorRegistry(auto_describe=True)
     runner = await start_server(cfg, registry, health)  # fail fast if the port is taken
@@ -68,19 +105,29 @@ async def run(cfg: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     links = None
+    syscalls_bpf = None
+    tasks: list[asyncio.Task] = []
     try:
+        resolver = make_resolver()
         net, programs = load_network_programs(cfg)
-        resolver = CgroupResolver()
         labeler = PodLabeler()
+        collectors = {}
+        root_sync = None
+        if cfg.syscalls:
+            syscalls_bpf, root_sync = load_syscall_programs(cfg, resolver)
+            root_sync.sync()
+            collectors["syscalls"] = SyscallCollector(
+                syscalls_bpf, resolver, labeler, cfg.grace_seconds, top=cfg.syscall_top,
+                allowlist=cfg.syscall_allowlist, series_cap=cfg.syscall_series_cap)
         async with AsyncIPRoute() as ipr:
             attacher = TcAttacher(ipr, programs, cfg.tc_priority)
-            collector: list[NetworkCollector] = []
-            links = LinkManager(attacher, PodNetnsIndex(ipr, resolver), cfg.interfaces,
-                                on_removed=lambda link: collector[0].retire(link))
-            collector.append(NetworkCollector(net, links, labeler, cfg.grace_seconds))
-            registry.register(ScrapeCollector({"network": collector[0]}))
+            links = LinkManager(attacher, PodNetnsIndex(ipr, resolver), cfg.interfaces)
+            network = NetworkCollector(net, links, labeler, cfg.grace_seconds)
+            links.on_removed = network.retire
+            registry.register(ScrapeCollector({"network": network, **collectors}))
             registry.register(BuildInfo())
             await links.start()
+            tasks.append(asyncio.create_task(housekeeping(resolver, root_sync)))
             health.attached = True
             log.info("ready: %d pod interfaces, serving on %s:%d",
                      sum(link.attached for link in links.links.values()), cfg.host, cfg.port)
@@ -90,7 +137,11 @@ async def run(cfg: Config) -> int:
             await links.stop()
             links = None
     finally:
+        for task in tasks:
+            task.cancel()
         if links is not None:  # an error after attaching: still leave nothing behind
             await links.stop()
+        if syscalls_bpf is not None:
+            syscalls_bpf.cleanup()  # detaches the tracepoints
         await runner.cleanup()
     return 0

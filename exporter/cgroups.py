@@ -260,6 +260,30 @@ class CgroupResolver:
                 self._unresolved.popitem(last=False)
             return None
 
+    def resolve_many(self, cgroup_ids) -> dict[int, CgroupInfo | None]:
+        """Resolve a scrape's worth of ids with at most one rescan.
+
+        The rescan runs if any id was never missed before (a new container's cgroup appears
+        between two scrapes); ids already missed once are not rescanned for again, and the
+        time-based rate limit does not apply, since this runs once per scrape.
+        """
+        out = {cid: self._by_id.get(cid) for cid in cgroup_ids}
+        missing = [cid for cid, info in out.items() if info is None]
+        if not missing:
+            return out
+        with self._lock:
+            if any(cid not in self._unresolved for cid in missing):
+                self.rescan()
+            for cid in missing:
+                info = out[cid] = self._by_id.get(cid)
+                if info is None:
+                    self.unresolved_lookups += 1
+                    self._unresolved[cid] = self._unresolved.get(cid, self.rescans)
+                    self._unresolved.move_to_end(cid)
+            while len(self._unresolved) > UNRESOLVED_MAX:
+                self._unresolved.popitem(last=False)
+        return out
+
     def pods(self) -> dict[str, list[CgroupInfo]]:
         """pod uid -> its cgroups, the pod-level cgroup first, then by path."""
         return {uid: list(infos) for uid, infos in self._by_pod.items()}

@@ -17,6 +17,24 @@ DEFAULT_PORT = 9435
 DEFAULT_GRACE_SECONDS = 330.0
 
 
+def on_off(value: str) -> bool:
+    v = value.strip().lower()
+    if v not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not on or off")
+    return v == "on"
+
+
+def syscall_list(value: str) -> frozenset[str] | None:
+    from .syscall_names import syscall_number
+    items = frozenset(x.strip() for x in value.split(",") if x.strip())
+    if not items:
+        return None
+    unknown = sorted(x for x in items if syscall_number(x) is None and x != "other")
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown syscall name(s): {', '.join(unknown)}")
+    return items
+
+
 @dataclass(frozen=True)
 class Config:
     host: str
@@ -29,6 +47,12 @@ class Config:
     tc_priority: int
     grace_seconds: float
     net_map_entries: int
+    syscalls: bool
+    syscall_scope: str
+    syscall_top: int
+    syscall_allowlist: frozenset[str] | None
+    syscall_series_cap: int
+    syscall_map_entries: int
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -89,6 +113,20 @@ FLAGS = [
      "seconds a deleted pod's last counters stay exported", {}),
     ("--net-map-entries", "PODSNOOP_NET_MAP_ENTRIES", "16384", bounded_int(64, 1 << 22),
      "capacity of the network counter map (10 entries per interface at most)", {}),
+    ("--syscalls", "PODSNOOP_SYSCALLS", "on", on_off,
+     "per-container syscall counts, errors and latency (off: the programs are not loaded)", {}),
+    ("--syscall-scope", "PODSNOOP_SYSCALL_SCOPE", "pods", str,
+     "pods: count only tasks in kubepods cgroups; all: also host processes (exported with "
+     "empty pod labels)", {"choices": ["pods", "all"]}),
+    ("--syscall-top", "PODSNOOP_SYSCALL_TOP", "20", bounded_int(0, 500),
+     "named syscall series per container; the rest is syscall=\"other\"", {}),
+    ("--syscall-allowlist", "PODSNOOP_SYSCALL_ALLOWLIST", "", syscall_list,
+     "comma-separated syscall names to export by name instead of the top N (e.g. "
+     "read,write,openat); everything else is syscall=\"other\"", {}),
+    ("--syscall-series-cap", "PODSNOOP_SYSCALL_SERIES_CAP", "20000", bounded_int(0, 10**7),
+     "node-wide cap on named syscall series; beyond it syscalls fold into \"other\"", {}),
+    ("--syscall-map-entries", "PODSNOOP_SYSCALL_MAP_ENTRIES", "65536", bounded_int(64, 1 << 22),
+     "capacity of the syscall counter map (one entry per cgroup and syscall)", {}),
 ]
 
 
@@ -116,4 +154,8 @@ def parse(argv: list[str] | None = None) -> Config:
     return Config(host=host, port=port, kube=a.kube, kubeconfig=a.kubeconfig,
                   node_name=a.node_name, log_level=a.log_level, interfaces=a.interfaces,
                   tc_priority=a.tc_priority, grace_seconds=a.grace_period,
-                  net_map_entries=a.net_map_entries)
+                  net_map_entries=a.net_map_entries, syscalls=a.syscalls,
+                  syscall_scope=a.syscall_scope, syscall_top=a.syscall_top,
+                  syscall_allowlist=a.syscall_allowlist,
+                  syscall_series_cap=a.syscall_series_cap,
+                  syscall_map_entries=a.syscall_map_entries)

@@ -91,6 +91,8 @@ class PodFactory:
         self.kubepods = self.cgroup_root / "kubepods.slice"
         self.pods: list[TestPod] = []
         self._count = 0
+        # Made now, so an exporter started before the first pod already sees the root.
+        self.kubepods.mkdir(parents=True, exist_ok=True)
 
     def _free_subnet(self) -> ipaddress.IPv4Network:
         used = set()

@@ -35,6 +35,16 @@ class ScrapeCollector:
                                   labels=["collector"]))
 
     def collect(self):
+        """Every family once: collectors sharing a family (per-map self metrics) are merged."""
+        merged: dict[str, object] = {}
+        for family in self._collect_all():
+            if family.name in merged:
+                merged[family.name].samples.extend(family.samples)
+            else:
+                merged[family.name] = family
+        yield from merged.values()
+
+    def _collect_all(self):
         duration, success = self._families()
         for name, collector in self.collectors.items():
             start = time.perf_counter()

@@ -1,0 +1,57 @@
+"""Keep bpf/syscalls.c's kubepods_roots map equal to the node's kubepods root cgroups.
+
+The syscall programs count a task only if its ancestor cgroup at KUBEPODS_LEVEL is a
+kubepods root, so a new container is counted from its first syscall without userspace
+having to learn its cgroup id first. Roots at another depth than the one compiled in
+cannot be matched and are logged once.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEVEL = 1  # /kubepods.slice or /kubepods directly under the cgroup v2 root
+
+
+def level_of(path: str, mount: str) -> int:
+    return len(os.path.relpath(path, mount).split(os.sep))
+
+
+def choose_level(resolver) -> int:
+    levels = sorted({level_of(r, resolver.root) for r in resolver.kubepods_roots})
+    return levels[0] if levels else DEFAULT_LEVEL
+
+
+class RootSync:
+    def __init__(self, table, resolver, level: int):
+        self.table = table
+        self.resolver = resolver
+        self.level = level
+        self._warned: set[str] = set()
+
+    def sync(self) -> int:
+        """Make the map hold exactly the ids of the roots at our level; returns how many."""
+        wanted = set()
+        for root in self.resolver.kubepods_roots:
+            if level_of(root, self.resolver.root) != self.level:
+                if root not in self._warned:
+                    self._warned.add(root)
+                    log.warning("kubepods root %s is not at cgroup depth %d: its syscalls are "
+                                "not counted until podsnoop restarts", root, self.level)
+                continue
+            try:
+                wanted.add(os.stat(root).st_ino)
+            except OSError:
+                continue
+        present = {k.value for k in self.table.keys()}
+        for ino in wanted - present:
+            self.table[ctypes.c_ulonglong(ino)] = ctypes.c_ubyte(1)
+        for ino in present - wanted:
+            try:
+                del self.table[ctypes.c_ulonglong(ino)]
+            except KeyError:
+                pass
+        return len(wanted)

@@ -1,0 +1,616 @@
+"""A small Kubernetes API server for tests and the demo: pods, list and watch, nothing else.
+
+It follows the documented API semantics closely enough for the real `kubernetes` client:
+one resourceVersion counter bumped on every change; lists carry `metadata.resourceVersion`;
+`?watch=1&resourceVersion=N` streams newline-delimited JSON events after N (ADDED, MODIFIED,
+DELETED, BOOKMARK when allowWatchBookmarks=true, ERROR with a 410 Status when N is older than
+the compacted window); watches without a resourceVersion (or "0") start with synthetic ADDED
+events; `timeoutSeconds` ends a watch cleanly; fieldSelector and labelSelector filter, and a
+watcher sees a pod that stops or starts matching as DELETED or ADDED.
+
+It runs its own asyncio loop in a daemon thread on 127.0.0.1 (ephemeral port), so
+synchronous tests can drive it; every control method is thread-safe and returns once the
+change is visible to clients. Faults: `fail_next`, `compact`, `drop_connections`,
+`set_down`. `kubeconfig_path` points the real client's config loading at it (token auth).
+
+    with KubeApiServer() as api:
+        pod = api.add_pod("web-0", labels={"app": "web"})
+        client = kubernetes.config.new_client_from_config(api.kubeconfig_path)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from aiohttp import web
+
+DEFAULT_NODE = "node-a"
+LOG_KEY = web.RequestKey("podsnoop_log", object)   # request -> its LoggedRequest
+_STOP = object()   # queue sentinels for a watch handler
+_DROP = object()
+
+
+@dataclass
+class LoggedRequest:
+    """One request as the server saw it; `status` is filled in once it is decided."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    time: float = field(default_factory=time.monotonic)
+    status: int | None = None
+
+    @property
+    def watch(self) -> bool:
+        return self.query.get("watch", "").lower() in ("1", "true")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def container_id() -> str:
+    """A containerd-style container id: 64 hex characters."""
+    return secrets.token_hex(32)
+
+
+def _status_body(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+            410: "Expired", 429: "TooManyRequests", 500: "InternalError",
+            503: "ServiceUnavailable"}
+
+
+def _fail_message(code: int) -> str:
+    if code == 403:
+        return ('pods is forbidden: User "system:serviceaccount:monitoring:podsnoop" cannot '
+                'list resource "pods" in API group "" at the cluster scope')
+    if code == 410:
+        return "too old resource version"
+    return f"injected failure {code}"
+
+
+# --- selectors ---------------------------------------------------------------------------
+
+_FIELDS: dict[str, Callable[[dict], str]] = {
+    "spec.nodeName": lambda p: p["spec"].get("nodeName") or "",
+    "metadata.name": lambda p: p["metadata"]["name"],
+    "metadata.namespace": lambda p: p["metadata"]["namespace"],
+    "status.phase": lambda p: p["status"].get("phase") or "",
+}
+
+
+class SelectorError(ValueError):
+    pass
+
+
+def parse_field_selector(text: str) -> Callable[[dict], bool]:
+    """`spec.nodeName=node-a,metadata.namespace!=kube-system` -> predicate."""
+    terms = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        m = re.fullmatch(r"([\w.]+)\s*(==|=|!=)\s*(.*)", term)
+        if not m:
+            raise SelectorError(f"invalid field selector: {term!r}")
+        key, op, value = m.groups()
+        if key not in _FIELDS:
+            raise SelectorError(f'"{key}" is not a known field selector: only '
+                                f'"{", ".join(_FIELDS)}"')
+        terms.append((_FIELDS[key], op == "!=", value))
+    return lambda pod: all((get(pod) == value) != neg for get, neg, value in terms)
+
+
+def parse_label_selector(text: str) -> Callable[[dict], bool]:
+    """Equality (`a=b`, `a!=b`), existence (`a`, `!a`) and set (`a in (x,y)`, `notin`)."""
+    tests = []
+    for term in re.findall(r"(?:[^,(]|\([^)]*\))+", text):
+        term = term.strip()
+        if m := re.fullmatch(r"([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)", term):
+            key, op, values = m.groups()
+            allowed = {v.strip() for v in values.split(",") if v.strip()}
+            if op == "in":
+                tests.append(lambda ls, k=key, a=allowed: ls.get(k) in a)
+            else:
+                tests.append(lambda ls, k=key, a=allowed: ls.get(k) not in a)
+        elif m := re.fullmatch(r"([\w./-]+)\s*(==|=|!=)\s*([\w.-]*)", term):
+            key, op, value = m.groups()
+            if op == "!=":
+                tests.append(lambda ls, k=key, v=value: ls.get(k) != v)
+            else:
+                tests.append(lambda ls, k=key, v=value: ls.get(k) == v)
+        elif m := re.fullmatch(r"(!?)\s*([\w./-]+)", term):
+            neg, key = m.groups()
+            tests.append(lambda ls, k=key, n=bool(neg): (k in ls) != n)
+        elif term:
+            raise SelectorError(f"unable to parse requirement: {term!r}")
+    return lambda pod: all(t(pod["metadata"].get("labels") or {}) for t in tests)
+
+
+# --- the server --------------------------------------------------------------------------
+
+
+class KubeApiServer:
+    """Pods-only Kubernetes API for tests. Start with `start()` or `with`."""
+
+    def __init__(self, *, bookmark_interval: float = 1.0,
+                 token: str = "podsnoop-test-token") -> None:
+        self.bookmark_interval = bookmark_interval
+        self.token = token
+        self.port = 0
+        self._rv = 1000                       # like a real cluster: never starts at 0
+        self._pods: dict[str, dict] = {}      # uid -> pod, current state
+        self._history: list[tuple] = []       # (rv, old, new or None, object sent)
+        self._compacted_rv = 0                # watches from before this get 410
+        self._fail: list[int] = []            # statuses for the next requests
+        self._down = False
+        self._watches: dict[int, tuple[asyncio.Queue, web.Request]] = {}  # by id(queue)
+        self._log: list[LoggedRequest] = []
+        self._ip = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.BaseSite | None = None
+        self._start_error: BaseException | None = None
+        self._tmp = Path(tempfile.mkdtemp(prefix="podsnoop-kubeapi-"))
+        self.kubeconfig_path = str(self._tmp / "kubeconfig")
+
+    # -- lifecycle --
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "KubeApiServer":
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(ready,),
+                                        name="kube-api-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or self._start_error is not None:
+            raise RuntimeError("test API server did not start") from self._start_error
+        self._write_kubeconfig()
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "KubeApiServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._startup())
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._start_error = exc
+            ready.set()
+            loop.close()
+            return
+        self._loop = loop
+        ready.set()
+        loop.run_forever()
+        loop.close()
+
+    async def _startup(self) -> None:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/version", self._version)
+        app.router.add_get("/api/v1/pods", self._pods_handler)
+        app.router.add_get("/api/v1/namespaces/{namespace}/pods", self._pods_handler)
+        app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self._pod_handler)
+        # handler_cancellation: a watch whose client went away ends (and leaves open_watches).
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                     handler_cancellation=True,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        await self._listen()
+
+    async def _listen(self) -> None:
+        # Our own socket: the port is known before start and reused by set_down(False).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        self._site = web.SockSite(self._runner, sock)
+        await self._site.start()
+
+    async def _shutdown(self) -> None:
+        self._end_watches(_STOP)
+        await asyncio.sleep(0)
+        await self._runner.cleanup()
+
+    def _write_kubeconfig(self) -> None:
+        # JSON is YAML: the client's loader reads it without us needing pyyaml.
+        name = "podsnoop-test"
+        cfg = {
+            "apiVersion": "v1", "kind": "Config", "current-context": name,
+            "clusters": [{"name": name, "cluster": {"server": self.url}}],
+            "users": [{"name": name, "user": {"token": self.token}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        }
+        Path(self.kubeconfig_path).write_text(json.dumps(cfg, indent=2))
+
+    def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` on the server's loop (all state lives there) and return its result."""
+        async def run() -> Any:
+            return fn(*args, **kwargs)
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    # -- test controls (thread-safe) --
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    @property
+    def request_log(self) -> list[LoggedRequest]:
+        """A copy of every request so far, oldest first."""
+        return list(self._log)
+
+    def clear_log(self) -> None:
+        self._call(self._log.clear)
+
+    @property
+    def open_watches(self) -> int:
+        return len(self._watches)
+
+    def pods(self) -> list[dict]:
+        """Every pod's current state, as the API would serve it."""
+        return self._call(lambda: [self._serve_copy(p) for p in self._pods.values()])
+
+    def pod(self, uid: str) -> dict:
+        return self._call(lambda: self._serve_copy(self._pods[uid]))
+
+    def add_pod(self, name: str, namespace: str = "default", node: str | None = DEFAULT_NODE,
+                *, uid: str | None = None, labels: Mapping[str, str] | None = None,
+                containers: Iterable[str] | Mapping[str, str] = ("app",),
+                init_containers: Iterable[str] | Mapping[str, str] = (),
+                ephemeral_containers: Iterable[str] | Mapping[str, str] = (),
+                phase: str | None = None) -> dict:
+        """Create a pod (running, with containerd ids) and return it.
+
+        `containers` is names, or name -> bare container id to choose the ids. A pod with
+        `node=None` is unscheduled: Pending, no container statuses.
+        """
+        pod = self._build_pod(name, namespace, node, uid or str(uuid.uuid4()), labels,
+                              containers, init_containers, ephemeral_containers, phase)
+        return self._call(self._commit, pod["metadata"]["uid"], pod, created=True)
+
+    def add_pods(self, count: int, node: str | None = DEFAULT_NODE, *,
+                 prefix: str = "pod", namespace: str = "default",
+                 labels: Mapping[str, str] | None = None) -> list[dict]:
+        """Many pods at once (one loop round trip), e.g. for load tests."""
+        pods = [self._build_pod(f"{prefix}-{i}", namespace, node, str(uuid.uuid4()),
+                                labels, ("app", "sidecar"), (), (), None)
+                for i in range(count)]
+        return self._call(lambda: [self._commit(p["metadata"]["uid"], p, created=True)
+                                   for p in pods])
+
+    def update_pod(self, uid: str, *, labels: Mapping[str, str] | None = None,
+                   phase: str | None = None, node: str | None = None) -> dict:
+        """Change labels, phase and/or bind an unscheduled pod to `node`."""
+        def change() -> dict:
+            pod = copy.deepcopy(self._pods[uid])
+            if labels is not None:
+                pod["metadata"]["labels"] = dict(labels)
+            if phase is not None:
+                pod["status"]["phase"] = phase
+            if node is not None:
+                pod["spec"]["nodeName"] = node
+                if not pod["status"].get("containerStatuses"):
+                    self._start_containers(pod)
+            return self._commit(uid, pod)
+        return self._call(change)
+
+    def restart_container(self, uid: str, container: str) -> str:
+        """Restart one container like kubelet does: new id, old one moves to lastState."""
+        new_id = container_id()
+
+        def change() -> dict:
+            pod = copy.deepcopy(self._pods[uid])
+            for cs in pod["status"]["containerStatuses"]:
+                if cs["name"] == container:
+                    cs["lastState"] = {"terminated": {
+                        "exitCode": 137, "reason": "Error", "finishedAt": _now(),
+                        "startedAt": cs["state"]["running"]["startedAt"],
+                        "containerID": cs["containerID"]}}
+                    cs["containerID"] = f"containerd://{new_id}"
+                    cs["restartCount"] += 1
+                    cs["state"] = {"running": {"startedAt": _now()}}
+                    return self._commit(uid, pod)
+            raise KeyError(container)
+        self._call(change)
+        return new_id
+
+    def delete_pod(self, uid: str) -> dict:
+        """Delete a pod (as after graceful termination) and return its final state."""
+        def change() -> dict:
+            pod = copy.deepcopy(self._pods[uid])
+            pod["metadata"]["deletionTimestamp"] = _now()
+            return self._commit(uid, None, final=pod)
+        return self._call(change)
+
+    def compact(self) -> None:
+        """Forget history, like etcd compaction: every watch resuming from a resourceVersion
+        before now gets 410 Expired, and open watches are ended with an ERROR 410 event."""
+        def run() -> None:
+            self._rv += 1                     # other objects changed meanwhile
+            self._compacted_rv = self._rv
+            self._history.clear()
+            self._end_watches(("ERROR", _status_body(
+                410, "Expired", "The resourceVersion for the provided watch is too old.")))
+        self._call(run)
+
+    def fail_next(self, status: int, n: int = 1) -> None:
+        """The next `n` API requests answer `status` with a Status body (403, 410, 500...)."""
+        self._call(self._fail.extend, [status] * n)
+
+    def end_watches(self) -> None:
+        """End every open watch cleanly, as on a server-side timeout or graceful restart."""
+        self._call(self._end_watches, _STOP)
+
+    def drop_connections(self) -> None:
+        """Cut every open watch stream mid-response, as a lost connection would."""
+        self._call(self._end_watches, _DROP)
+
+    def set_down(self, down: bool) -> None:
+        """Down: stop listening and cut every connection (clients get refused). Up: listen
+        again on the same port."""
+        async def run() -> None:
+            if down and not self._down:
+                self._down = True
+                self._end_watches(_DROP)
+                await self._site.stop()
+                for conn in list(self._runner.server.connections):
+                    conn.force_close()
+                    if conn.transport is not None:
+                        conn.transport.abort()
+            elif not down and self._down:
+                self._down = False
+                await self._listen()
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    # -- building pods (pure but for the IP counter) and changing state (loop thread) --
+
+    def _build_pod(self, name, namespace, node, uid, labels, containers, init_containers,
+                   ephemeral_containers, phase) -> dict:
+        self._ip += 1
+        pod = {
+            "metadata": {
+                "name": name, "namespace": namespace, "uid": uid,
+                "creationTimestamp": _now(), "labels": dict(labels or {}),
+                "ownerReferences": [],
+            },
+            "spec": {
+                "containers": [{"name": c, "image": f"registry.example/{c}:1.0"}
+                               for c in containers],
+                "initContainers": [{"name": c, "image": f"registry.example/{c}:1.0"}
+                                   for c in init_containers],
+                "ephemeralContainers": [{"name": c, "image": "busybox:1.36"}
+                                        for c in ephemeral_containers],
+                "restartPolicy": "Always", "serviceAccountName": "default",
+                "schedulerName": "default-scheduler",
+            },
+            "status": {"phase": "Pending", "qosClass": "BestEffort"},
+            "_ids": {  # stripped before serving; remembers chosen ids until containers start
+                "containerStatuses": _ids(containers),
+                "initContainerStatuses": _ids(init_containers),
+                "ephemeralContainerStatuses": _ids(ephemeral_containers),
+            },
+        }
+        if node:
+            pod["spec"]["nodeName"] = node
+            self._start_containers(pod)
+        if phase:
+            pod["status"]["phase"] = phase
+        return pod
+
+    def _start_containers(self, pod: dict) -> None:
+        ids = pod.pop("_ids", None) or {}
+        st = pod["status"]
+        st.update(phase="Running", hostIP="192.0.2.10", startTime=_now(),
+                  podIP=f"10.244.{(self._ip >> 8) & 255}.{self._ip & 255}")
+        for key, spec_key in (("containerStatuses", "containers"),
+                              ("initContainerStatuses", "initContainers"),
+                              ("ephemeralContainerStatuses", "ephemeralContainers")):
+            names = [c["name"] for c in pod["spec"][spec_key]]
+            if not names:
+                continue
+            chosen = ids.get(key, {})
+            init = key == "initContainerStatuses"
+            state = ({"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": _now()}}
+                     if init else {"running": {"startedAt": _now()}})
+            st[key] = [{
+                "name": n, "containerID": f"containerd://{chosen.get(n) or container_id()}",
+                "image": f"registry.example/{n}:1.0", "imageID": "sha256:" + secrets.token_hex(32),
+                "ready": not init, "started": not init, "restartCount": 0,
+                "state": copy.deepcopy(state), "lastState": {},
+            } for n in names]
+
+    def _commit(self, uid: str, new: dict | None, *, final: dict | None = None,
+                created: bool = False) -> dict:
+        """Apply one change: bump resourceVersion, record history, notify watches."""
+        old = self._pods.get(uid)
+        if created and old is not None:
+            raise ValueError(f"pod uid {uid} exists")
+        if not created and old is None:
+            raise KeyError(uid)
+        self._rv += 1
+        obj = new if new is not None else final   # what watchers are sent
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        if new is None:
+            del self._pods[uid]
+        else:
+            self._pods[uid] = new
+        change = (self._rv, old, new, obj)
+        self._history.append(change)
+        for queue, _ in self._watches.values():
+            queue.put_nowait(change)
+        return self._serve_copy(obj)
+
+    def _end_watches(self, how: Any) -> None:
+        for queue, request in list(self._watches.values()):
+            queue.put_nowait(how)
+            if how is _DROP and request.transport is not None:
+                request.transport.abort()
+
+    @staticmethod
+    def _serve_copy(pod: dict) -> dict:
+        out = copy.deepcopy(pod)
+        out.pop("_ids", None)
+        return out
+
+    # -- HTTP --
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler):
+        entry = LoggedRequest(request.method, request.path, dict(request.query))
+        self._log.append(entry)
+        request[LOG_KEY] = entry
+        if self._down:  # a connection that outlived set_down(True): cut it
+            if request.transport is not None:
+                request.transport.abort()
+            entry.status = 0
+            return web.Response(status=503)
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._error(request, 401, "Unauthorized")
+        if self._fail:
+            code = self._fail.pop(0)
+            return self._error(request, code, _fail_message(code))
+        return await handler(request)
+
+    def _error(self, request: web.Request, code: int, message: str) -> web.Response:
+        request[LOG_KEY].status = code
+        return web.json_response(_status_body(code, _REASONS.get(code, "Unknown"), message),
+                                 status=code)
+
+    async def _version(self, request: web.Request) -> web.Response:
+        request[LOG_KEY].status = 200
+        return web.json_response({"major": "1", "minor": "34", "gitVersion": "v1.34.0-podsnoop"})
+
+    async def _pod_handler(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        for pod in self._pods.values():
+            if pod["metadata"]["namespace"] == ns and pod["metadata"]["name"] == name:
+                request[LOG_KEY].status = 200
+                return web.json_response(self._with_kind(self._serve_copy(pod)))
+        return self._error(request, 404, f'pods "{name}" not found')
+
+    @staticmethod
+    def _with_kind(pod: dict) -> dict:
+        return {"kind": "Pod", "apiVersion": "v1", **pod}
+
+    async def _pods_handler(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        try:
+            by_field = parse_field_selector(q.get("fieldSelector", ""))
+            by_label = parse_label_selector(q.get("labelSelector", ""))
+        except SelectorError as exc:
+            return self._error(request, 400, str(exc))
+        ns = request.match_info.get("namespace")
+
+        def matches(pod: dict | None) -> bool:
+            return (pod is not None and (ns is None or pod["metadata"]["namespace"] == ns)
+                    and by_field(pod) and by_label(pod))
+
+        if request[LOG_KEY].watch:
+            return await self._watch(request, matches)
+        items = [self._serve_copy(p) for p in self._pods.values() if matches(p)]
+        request[LOG_KEY].status = 200
+        return web.json_response({"kind": "PodList", "apiVersion": "v1",
+                                  "metadata": {"resourceVersion": str(self._rv)},
+                                  "items": items})
+
+    async def _watch(self, request: web.Request, matches: Callable[[dict | None], bool]):
+        q = request.query
+        rv_text = q.get("resourceVersion", "")
+        try:
+            since = int(rv_text) if rv_text not in ("", "0") else None
+        except ValueError:
+            return self._error(request, 400, f"invalid resourceVersion {rv_text!r}")
+        timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+        bookmarks = q.get("allowWatchBookmarks", "").lower() in ("1", "true")
+        deadline = time.monotonic() + timeout if timeout else None
+
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        request[LOG_KEY].status = 200
+
+        async def send(kind: str, obj: dict) -> None:
+            await resp.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+
+        if since is not None and since < self._compacted_rv:
+            await send("ERROR", _status_body(
+                410, "Expired", f"too old resource version: {since} ({self._compacted_rv})"))
+            return resp
+
+        # Backlog and subscription with no await in between: no event can slip through.
+        queue: asyncio.Queue = asyncio.Queue()
+        if since is None:
+            backlog = [(self._rv, None, p, p) for p in self._pods.values() if matches(p)]
+        else:
+            backlog = [change for change in self._history if change[0] > since]
+        for item in backlog:
+            queue.put_nowait(item)
+        self._watches[id(queue)] = (queue, request)
+        try:
+            while True:
+                wait = self.bookmark_interval if bookmarks else None
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    wait = left if wait is None else min(wait, left)
+                try:
+                    item = await asyncio.wait_for(queue.get(), wait)
+                except asyncio.TimeoutError:
+                    if bookmarks and (deadline is None or time.monotonic() < deadline):
+                        await send("BOOKMARK", {"kind": "Pod", "apiVersion": "v1", "metadata": {
+                            "resourceVersion": str(self._rv)}})
+                    continue
+                if item is _STOP:
+                    break
+                if item is _DROP:   # transport already aborted: just go
+                    return resp
+                if isinstance(item[0], str):   # ("ERROR", status)
+                    await send(*item)
+                    break
+                _, old, new, obj = item
+                was, now = matches(old), matches(new)
+                kind = ("MODIFIED" if was and now else "ADDED" if now
+                        else "DELETED" if was else None)
+                if kind:
+                    await send(kind, self._with_kind(self._serve_copy(obj)))
+        finally:
+            del self._watches[id(queue)]
+        if request.transport is not None and not request.transport.is_closing():
+            await resp.write_eof()
+        return resp
+
+
+def _ids(containers: Iterable[str] | Mapping[str, str]) -> dict[str, str]:
+    return dict(containers) if isinstance(containers, Mapping) else {}

@@ -1,0 +1,159 @@
+"""Per-container syscall counts, errors and latency, against known workloads in real test
+pods (processes really in the pod's container cgroups), with the real exporter process."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from exporter import names
+from conftest import run_exporter
+from test_network import wait_for
+
+CALLS, ERRORS = names.SYSCALLS + "_total", names.SYSCALL_ERRORS + "_total"
+HIST_COUNT = names.SYSCALL_DURATION + "_count"
+# getsid and rmdir: syscalls neither the shell nor `ip netns exec` that start a workload in
+# a test pod make, so a workload's count is exact.
+GETSID = "import os, sys\nfor _ in range(int(sys.argv[1])): os.getsid(0)"
+RMDIR = ("import os, sys\nfor _ in range(int(sys.argv[1])):\n"
+         "    try: os.rmdir('/nonexistent/podsnoop')\n    except OSError: pass")
+
+
+def calls(exporter, container, syscall, metric=CALLS):
+    return exporter.metrics().value(metric, container_id=container.id, syscall=syscall)
+
+
+@pytest.fixture(scope="module")
+def pod(factory, exporter):
+    return factory.create(containers=("app", "sidecar"))
+
+
+def test_exact_getsid_count_per_container(exporter, pod):
+    app, sidecar = pod.containers["app"], pod.containers["sidecar"]
+    before_app, before_side = calls(exporter, app, "getsid"), calls(exporter, sidecar, "getsid")
+    pod.exec(["python3", "-c", GETSID, "1000"], container="app")
+    pod.exec(["python3", "-c", GETSID, "300"], container="sidecar")
+    assert calls(exporter, app, "getsid") - before_app == 1000
+    assert calls(exporter, sidecar, "getsid") - before_side == 300
+
+
+def test_failing_calls_count_as_errors(exporter, pod):
+    app = pod.containers["app"]
+    c0, e0 = calls(exporter, app, "rmdir"), calls(exporter, app, "rmdir", ERRORS)
+    pod.exec(["python3", "-c", RMDIR, "5000"], container="app")
+    assert calls(exporter, app, "rmdir") - c0 == 5000
+    assert calls(exporter, app, "rmdir", ERRORS) - e0 == 5000
+
+
+def test_samples_carry_pod_uid_and_container_id(exporter, pod):
+    app = pod.containers["app"]
+    pod.exec(["python3", "-c", GETSID, "5"], container="app")
+    series = exporter.metrics().series(CALLS, container_id=app.id, syscall="getsid")
+    assert series == [{"namespace": "", "pod": "", "pod_uid": pod.uid, "container": "",
+                       "container_id": app.id, "syscall": "getsid"}]
+
+
+def test_host_processes_are_not_counted(exporter, pod):
+    before = exporter.metrics().value(CALLS, syscall="getsid")
+    for _ in range(777):
+        os.getsid(0)
+    assert exporter.metrics().value(CALLS, syscall="getsid") == before
+
+
+def test_latency_histogram_counts_each_call(exporter, pod):
+    app = pod.containers["app"]
+    m0 = exporter.metrics()
+    pod.exec(["python3", "-c", GETSID, "2000"], container="app")
+    m1 = exporter.metrics()
+    added = m1.value(HIST_COUNT, container_id=app.id) - m0.value(HIST_COUNT, container_id=app.id)
+    assert added >= 2000
+    buckets = [(float(lab["le"]), v) for lab, v in m1.samples[names.SYSCALL_DURATION + "_bucket"]
+               if lab["container_id"] == app.id]
+    values = [v for _, v in sorted(buckets)]
+    assert values == sorted(values), "buckets must be cumulative"
+    assert values[-1] == m1.value(HIST_COUNT, container_id=app.id)
+    assert m1.value(names.SYSCALL_DURATION + "_sum", container_id=app.id) > 0
+
+
+def test_top_n_bounds_series_and_keeps_totals(pods):
+    proc = run_exporter(pods, "--syscall-top", "3")
+    try:
+        pod = pods.create()
+        app = pod.first_container
+        pod.exec(["python3", "-c", GETSID, "5000"])
+        m = proc.metrics()
+        series = m.series(CALLS, container_id=app.id)
+        assert len(series) <= 4
+        assert {s["syscall"] for s in series} >= {"getsid", "other"}
+        assert m.value(CALLS, container_id=app.id, syscall="getsid") == 5000
+        assert m.value(CALLS, container_id=app.id, syscall="other") > 0
+        # A later, busier syscall displaces a named one: no exported counter goes down,
+        # and the displaced syscall's series ends.
+        before = {s["syscall"]: v for s, v in m.samples[CALLS]
+                  if s["container_id"] == app.id}
+        pod.exec(["python3", "-c", RMDIR, "20000"])
+        m = proc.metrics()
+        after = {s["syscall"]: v for s, v in m.samples[CALLS] if s["container_id"] == app.id}
+        assert after["rmdir"] == 20000 and after["getsid"] == 5000
+        assert len(after) <= 4
+        for name in set(before) & set(after):
+            assert after[name] >= before[name], name
+        assert sum(after.values()) > sum(before.values())
+    finally:
+        assert proc.stop() == 0
+
+
+def test_allowlist_names_only_those(pods):
+    proc = run_exporter(pods, "--syscall-allowlist", "getsid,rmdir")
+    try:
+        pod = pods.create()
+        app = pod.first_container
+        pod.exec(["python3", "-c", GETSID, "10"])
+        m = proc.metrics()
+        assert {s["syscall"] for s in m.series(CALLS, container_id=app.id)} == {"getsid", "other"}
+        assert m.value(CALLS, container_id=app.id, syscall="getsid") == 10
+    finally:
+        assert proc.stop() == 0
+
+
+def test_scope_all_exports_host_processes_unresolved(pods):
+    proc = run_exporter(pods, "--syscall-scope", "all")
+    try:
+        before = proc.metrics().value(CALLS, pod_uid="", syscall="getsid")
+        for _ in range(777):
+            os.getsid(0)
+        m = proc.metrics()
+        assert m.value(CALLS, pod_uid="", syscall="getsid") - before >= 777
+        assert m.value(names.UNRESOLVED_CGROUPS) >= 1
+    finally:
+        assert proc.stop() == 0
+
+
+def test_deleted_container_leaves_the_maps_and_series(pods):
+    proc = run_exporter(pods, "--grace-period", "2")
+    try:
+        pod = pods.create()
+        app = pod.first_container
+        pod.exec(["python3", "-c", GETSID, "4200"])
+        assert calls(proc, app, "getsid") == 4200
+        entries = proc.metrics().value(names.BPF_MAP_ENTRIES, map="syscall_counts")
+        pods.delete(pod)
+        # Retired after the next cgroup rescan: final values stay for the grace period...
+        wait_for(lambda: proc.metrics().value(names.BPF_MAP_ENTRIES, map="syscall_counts")
+                 < entries, timeout=20, interval=0.5, what="map entries of the gone cgroup")
+        # ...then no series of the container is left.
+        wait_for(lambda: not proc.metrics().series(CALLS, container_id=app.id), timeout=10,
+                 what="series to expire")
+    finally:
+        assert proc.stop() == 0
+
+
+def test_syscalls_off_loads_no_tracepoint_programs(pods):
+    proc = run_exporter(pods, "--syscalls", "off")
+    try:
+        m = proc.metrics()
+        assert not m.samples.get(CALLS)
+        assert m.value(names.SCRAPE_COLLECTOR_SUCCESS, collector="syscalls") == 0
+        assert not m.series(names.SCRAPE_COLLECTOR_SUCCESS, collector="syscalls")
+    finally:
+        assert proc.stop() == 0
