@@ -14,6 +14,7 @@ from pyroute2 import AsyncIPRoute
 from . import __version__, bpfload, names
 from .cgroups import CgroupError, CgroupResolver
 from .collectors.network import NetworkCollector
+from .collectors.pods import PodCollector
 from .collectors.scrape import ScrapeCollector
 from .collectors.syscalls import SyscallCollector
 from .kuberoots import RootSync, choose_level
@@ -75,16 +76,39 @@ def load_syscall_programs(cfg: Config, resolver):
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
 
 
-async def housekeeping(resolver, root_sync: RootSync | None) -> None:
-    """Notice gone pods and new kubepods roots: the scrape path never walks cgroupfs."""
+async def housekeeping(resolver, root_sync: RootSync | None, pod_index) -> None:
+    """Notice gone pods and new kubepods roots (the scrape path never walks cgroupfs), and
+    forget deleted pods once their grace period is over."""
     while True:
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
         try:
             await asyncio.to_thread(resolver.rescan)
             if root_sync is not None:
                 root_sync.sync()
+            if pod_index is not None:
+                pod_index.expire()
         except Exception:
             log.exception("housekeeping failed")
+
+
+def start_pod_watcher(cfg: Config):
+    """The Kubernetes pod index and its watcher thread, or (None, None) without an API."""
+    from . import kube
+    try:
+        client = kube.load_api_client(cfg.kube, cfg.kubeconfig)
+    except Exception as e:  # an explicit kubeconfig that cannot be loaded
+        raise PodsnoopError(f"cannot load the kubeconfig {cfg.kubeconfig}: {e}",
+                            "fix the file, point --kubeconfig / KUBECONFIG elsewhere, or "
+                            "run with --kube off") from None
+    if client is None:
+        return None, None
+    index = kube.PodIndex(grace_seconds=cfg.grace_seconds)
+    clients = iter([client])
+    watcher = kube.PodWatcher(
+        index, kube.node_name(cfg.node_name),
+        lambda: next(clients, None) or kube.load_api_client(cfg.kube, cfg.kubeconfig),
+        label_allowlist=cfg.pod_labels)
+    return index, watcher.start()
 
 
 def make_resolver() -> CgroupResolver:
@@ -106,12 +130,17 @@ async def run(cfg: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     links = None
     syscalls_bpf = None
+    watcher = None
     tasks: list[asyncio.Task] = []
     try:
         resolver = make_resolver()
         net, programs = load_network_programs(cfg)
-        labeler = PodLabeler()
+        pod_index, watcher = start_pod_watcher(cfg)
+        labeler = PodLabeler(pod_index)
         collectors = {}
+        if watcher is not None:
+            collectors["kube"] = PodCollector(pod_index, watcher, cfg.pod_labels)
+            health.checks["kube"] = lambda: None if watcher.state == "synced" else watcher.state
         root_sync = None
         if cfg.syscalls:
             syscalls_bpf, root_sync = load_syscall_programs(cfg, resolver)
@@ -127,7 +156,7 @@ async def run(cfg: Config) -> int:
             registry.register(ScrapeCollector({"network": network, **collectors}))
             registry.register(BuildInfo())
             await links.start()
-            tasks.append(asyncio.create_task(housekeeping(resolver, root_sync)))
+            tasks.append(asyncio.create_task(housekeeping(resolver, root_sync, pod_index)))
             health.attached = True
             log.info("ready: %d pod interfaces, serving on %s:%d",
                      sum(link.attached for link in links.links.values()), cfg.host, cfg.port)
@@ -139,6 +168,8 @@ async def run(cfg: Config) -> int:
     finally:
         for task in tasks:
             task.cancel()
+        if watcher is not None:
+            await asyncio.to_thread(watcher.stop)
         if links is not None:  # an error after attaching: still leave nothing behind
             await links.stop()
         if syscalls_bpf is not None:

@@ -57,7 +57,9 @@ def import_bcc():
 def check_kernel_headers() -> None:
     release = os.uname().release
     build = Path("/lib/modules") / release / "build"
-    if (build / "include").is_dir() or Path("/sys/kernel/kheaders.tar.xz").exists():
+    override = os.environ.get("BCC_KERNEL_SOURCE")  # bcc's own way to point elsewhere
+    if (build / "include").is_dir() or Path("/sys/kernel/kheaders.tar.xz").exists() or (
+            override and Path(override, "include").is_dir()):
         return
     raise PodsnoopError(
         f"kernel headers for {release} not found at {build} (bcc compiles the BPF programs "

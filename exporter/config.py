@@ -35,6 +35,14 @@ def syscall_list(value: str) -> frozenset[str] | None:
     return items
 
 
+def label_keys(value: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in value.split(",") if k.strip())
+    bad = [k for k in keys if not re.fullmatch(r"([A-Za-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?", k)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"not a Kubernetes label key: {', '.join(bad)}")
+    return keys
+
+
 @dataclass(frozen=True)
 class Config:
     host: str
@@ -53,6 +61,7 @@ class Config:
     syscall_allowlist: frozenset[str] | None
     syscall_series_cap: int
     syscall_map_entries: int
+    pod_labels: tuple[str, ...]
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -113,6 +122,9 @@ FLAGS = [
      "seconds a deleted pod's last counters stay exported", {}),
     ("--net-map-entries", "PODSNOOP_NET_MAP_ENTRIES", "16384", bounded_int(64, 1 << 22),
      "capacity of the network counter map (10 entries per interface at most)", {}),
+    ("--pod-labels", "PODSNOOP_POD_LABELS", "", label_keys,
+     "comma-separated pod label keys exported on podsnoop_pod_info as label_<key> "
+     "(e.g. app,team)", {}),
     ("--syscalls", "PODSNOOP_SYSCALLS", "on", on_off,
      "per-container syscall counts, errors and latency (off: the programs are not loaded)", {}),
     ("--syscall-scope", "PODSNOOP_SYSCALL_SCOPE", "pods", str,
@@ -158,4 +170,4 @@ def parse(argv: list[str] | None = None) -> Config:
                   syscall_scope=a.syscall_scope, syscall_top=a.syscall_top,
                   syscall_allowlist=a.syscall_allowlist,
                   syscall_series_cap=a.syscall_series_cap,
-                  syscall_map_entries=a.syscall_map_entries)
+                  syscall_map_entries=a.syscall_map_entries, pod_labels=a.pod_labels)

@@ -3,8 +3,9 @@
     ./dev demo            (or: python -m exporter.demo [--pods N] [--listen HOST:PORT])
 
 Creates test pods (netns + veth + kubepods cgroup + processes), each making a different kind
-of traffic, starts the exporter, prints a sample of /metrics every few seconds, and removes
-every test pod on Ctrl-C or exit.
+of traffic and syscalls, publishes them on a small local Kubernetes API (the test API
+server, so samples carry namespace/pod/container labels), starts the exporter, prints a
+sample of /metrics every few seconds, and removes every test pod on Ctrl-C or exit.
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import time
 
 from . import names
 from .exporterproc import ExporterProcess
+from .testapiserver import KubeApiServer
 from .testpods import PodFactory
+
+NODE = "demo-node"
 
 TRAFFIC = [  # what each demo pod does, round-robin
     ("ping", lambda pod: ["ping", "-i", "0.5", "-s", "400", pod.host_ip]),
@@ -28,15 +32,24 @@ TRAFFIC = [  # what each demo pod does, round-robin
 ]
 
 
+def _line(name: str, labels: dict, value: float) -> str:
+    pairs = ",".join(f'{k}="{v}"' for k, v in labels.items() if v and k != "pod_uid"
+                     and k != "container_id")
+    return f"{name}{{{pairs}}} {value:.0f}"
+
+
 def show(exporter: ExporterProcess, pods) -> None:
     m = exporter.metrics()
-    print(f"\n--- {exporter.url}/metrics (per-pod sample) " + "-" * 30)
-    for pod in pods:
-        for metric in (names.NET_RECEIVE_BYTES, names.NET_TRANSMIT_BYTES):
-            for labels, value in m.samples.get(metric + "_total", []):
-                if labels["interface"] == pod.host_if and value:
-                    pairs = ",".join(f'{k}="{v}"' for k, v in labels.items())
-                    print(f"{metric}_total{{{pairs}}} {value:.0f}")
+    print(f"\n--- {exporter.url}/metrics (a sample; pod_uid/container_id labels hidden) ---")
+    uids = {pod.uid for pod in pods}
+    for metric in (names.NET_RECEIVE_BYTES, names.NET_TRANSMIT_BYTES):
+        for labels, value in m.samples.get(metric + "_total", []):
+            if labels["pod_uid"] in uids and value:
+                print(_line(metric + "_total", labels, value))
+    top = sorted(((v, lab) for lab, v in m.samples.get(names.SYSCALLS + "_total", [])
+                  if lab["pod_uid"] in uids), key=lambda t: -t[0])[:6]
+    for value, labels in top:
+        print(_line(names.SYSCALLS + "_total", labels, value))
     print(f"{names.ATTACHED_INTERFACES} {m.value(names.ATTACHED_INTERFACES):.0f}")
     sys.stdout.flush()
 
@@ -50,14 +63,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     servers: list[subprocess.Popen] = []
-    with PodFactory(prefix="demo") as factory:
-        exporter = ExporterProcess("--kube", "off", "--interfaces", rf"{factory.tag}h\d+")
+    with PodFactory(prefix="demo") as factory, KubeApiServer() as api:
+        exporter = ExporterProcess("--kube", "auto", "--kubeconfig", api.kubeconfig_path,
+                                   "--node-name", NODE, "--pod-labels", "app",
+                                   "--interfaces", rf"{factory.tag}h\d+")
         try:
             exporter.start()
             print(f"podsnoop is serving {exporter.url}/metrics (log: {exporter.log_path})")
             pods = []
             for i in range(args.pods):
-                pod = factory.create(containers=("app", "sidecar"))
+                kind = TRAFFIC[i % len(TRAFFIC)][0]
+                pod = factory.create(containers=("app", "sidecar"), name=f"{kind}-demo-{i}")
+                api.add_pod(pod.name, "demo", NODE, uid=pod.uid, labels={"app": kind},
+                            containers={c.name: c.id for c in pod.containers.values()})
                 pod.iperf_port = 5201 + i
                 servers.append(subprocess.Popen(
                     ["iperf3", "-s", "-B", pod.host_ip, "-p", str(pod.iperf_port)],

@@ -24,12 +24,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from . import __version__
+from .config import DEFAULT_GRACE_SECONDS  # noqa: F401  (one grace period for all state)
 
 log = logging.getLogger(__name__)
-
-# Prometheus' 5 minute staleness window plus one scrape interval: the last counters of a
-# deleted pod keep their labels until Prometheus would have stopped looking at them anyway.
-DEFAULT_GRACE_SECONDS = 330.0
 
 RBAC_HINT = """\
 podsnoop needs `get, list, watch` on `pods` at cluster scope (it lists all namespaces with

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Callable
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
@@ -16,13 +17,19 @@ from prometheus_client.exposition import choose_encoder
 
 @dataclass
 class Health:
-    """What /readyz reports: ready once the programs are attached; degraded parts listed."""
+    """What /readyz reports: ready once the programs are attached; degraded parts listed.
+
+    A degraded part (e.g. the Kubernetes API unreachable) does not make podsnoop unready:
+    it still counts and serves pod_uid-labelled samples.
+    """
     attached: bool = False
-    problems: dict[str, str] = field(default_factory=dict)
+    checks: dict[str, Callable[[], str | None]] = field(default_factory=dict)
 
     def body(self) -> str:
         lines = ["ready" if self.attached else "not ready: programs not attached yet"]
-        lines += [f"degraded: {part}: {why}" for part, why in sorted(self.problems.items())]
+        for part, check in sorted(self.checks.items()):
+            problem = check()
+            lines.append(f"degraded: {part}: {problem}" if problem else f"ok: {part}")
         return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""kube.py against a real HTTP API (tests/kube_api_server.py) with the real kubernetes client."""
+"""kube.py against a real HTTP API (exporter/testapiserver.py) with the real kubernetes client."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kubernetes.config.config_exception import ConfigException
 from exporter import kube
 from exporter.kube import (LabelAllowlist, PodIndex, PodMeta, PodWatcher, load_api_client,
                            node_name, sanitize_label_name, strip_runtime_prefix)
-from kube_api_server import KubeApiServer, container_id
+from exporter.testapiserver import KubeApiServer, container_id
 
 BASE, CAP = 0.05, 0.4          # test backoff: fast, but measurable
 ALLOW = ("app.kubernetes.io/name", "team")
@@ -274,7 +274,7 @@ def test_500_and_dropped_connection_retried_with_capped_backoff(api, start):
     assert "500" in w.last_error
 
     retries = watches(api)[1:]
-    assert [r.status for r in retries] == [500, 500, 500, 500, 200]
+    assert [r.status for r in retries] == [500, 500, 500, 500, 200], retries
     gaps = [retries[0].time - t_drop] + [b.time - a.time for a, b in zip(retries, retries[1:])]
     ceilings = [min(CAP, BASE * 2 ** i) for i in range(5)]      # .05 .1 .2 .4 .4
     for gap, ceiling in zip(gaps, ceilings):

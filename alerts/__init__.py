@@ -1,0 +1,1 @@
+"""Prometheus alerting rules for podsnoop, generated from Python (see generate.py)."""

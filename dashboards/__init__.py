@@ -1,0 +1,1 @@
+"""Grafana dashboards for podsnoop, generated from Python (see generate.py)."""

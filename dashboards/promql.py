@@ -1,0 +1,124 @@
+"""Names and small PromQL builders shared by the dashboards and the alert rules.
+
+Metric and label names come from exporter/names.py. The few label names that module does not
+define yet (drops' direction/reason, the self metrics' map/collector/version) are spelled here
+once, next to the label tuple they extend, so nothing else spells them again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+try:
+    from exporter import names
+except ImportError:  # run as a script from a checkout without the package installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from exporter import names
+
+
+def _label(name: str, group: tuple[str, ...]) -> str:
+    """Return `name` after checking that names.py still exports it in `group`."""
+    if name not in group:
+        raise RuntimeError(f"label {name!r} is no longer in {group!r} (exporter/names.py)")
+    return name
+
+
+# Label names (checked against exporter/names.py).
+NAMESPACE = _label("namespace", names.POD_LABELS)
+POD = _label("pod", names.POD_LABELS)
+POD_UID = _label("pod_uid", names.POD_LABELS)
+CONTAINER = _label("container", names.CONTAINER_LABELS)
+CONTAINER_ID = _label("container_id", names.CONTAINER_LABELS)
+SYSCALL = _label("syscall", names.SYSCALL_LABELS)
+INTERFACE = _label("interface", names.NET_LABELS)
+PROTOCOL = _label("protocol", names.NET_LABELS)
+
+# Labels names.py does not define (yet): see the module docstring.
+DROP_LABELS = names.POD_LABELS + ("direction", "reason")
+DIRECTION = _label("direction", DROP_LABELS)
+REASON = _label("reason", DROP_LABELS)
+MAP = "map"              # podsnoop_bpf_map_*{map}
+COLLECTOR = "collector"  # podsnoop_scrape_collector_*{collector}, podsnoop_series_cap_dropped_total
+VERSION = "version"      # podsnoop_build_info{version}
+# Values of the drops' direction label, from the pod's point of view (names.py: receive = into
+# the pod).
+RECEIVE = "receive"
+TRANSMIT = "transmit"
+
+# Target labels Prometheus adds to every scraped series.
+JOB = "job"
+INSTANCE = "instance"
+# The job name Prometheus gives podsnoop's targets: the ServiceMonitor's job label defaults to
+# the Service's name, deploy/service.yaml names the Service this, and the alert rules match it.
+JOB_NAME = "podsnoop"
+
+
+def total(name: str) -> str:
+    """The exposed name of a counter (prometheus_client appends _total)."""
+    return name + "_total"
+
+
+# Exposed metric names, as Prometheus stores them.
+NET_RX_BYTES = total(names.NET_RECEIVE_BYTES)
+NET_TX_BYTES = total(names.NET_TRANSMIT_BYTES)
+NET_RX_PACKETS = total(names.NET_RECEIVE_PACKETS)
+NET_TX_PACKETS = total(names.NET_TRANSMIT_PACKETS)
+NET_DROPS = total(names.NET_DROPS)
+SYSCALLS = total(names.SYSCALLS)
+SYSCALL_ERRORS = total(names.SYSCALL_ERRORS)
+SYSCALL_DURATION_BUCKET = names.SYSCALL_DURATION + "_bucket"
+SYSCALL_DURATION_SUM = names.SYSCALL_DURATION + "_sum"
+SYSCALL_DURATION_COUNT = names.SYSCALL_DURATION + "_count"
+POD_INFO = names.POD_INFO
+ATTACHED_INTERFACES = names.ATTACHED_INTERFACES
+BPF_MAP_ENTRIES = names.BPF_MAP_ENTRIES
+BPF_MAP_MAX_ENTRIES = names.BPF_MAP_MAX_ENTRIES
+BPF_MAP_UPDATE_FAILURES = total(names.BPF_MAP_UPDATE_FAILURES)
+KUBE_WATCH_RESTARTS = total(names.KUBE_WATCH_RESTARTS)
+UNRESOLVED_CGROUPS = names.UNRESOLVED_CGROUPS
+SERIES_CAP_DROPPED = total(names.SERIES_CAP_DROPPED)
+SCRAPE_COLLECTOR_DURATION = names.SCRAPE_COLLECTOR_DURATION
+SCRAPE_COLLECTOR_SUCCESS = names.SCRAPE_COLLECTOR_SUCCESS
+BUILD_INFO = names.BUILD_INFO
+UP = "up"  # from Prometheus, per target
+
+# Every series name podsnoop exposes (what a query may reference, besides `up`).
+EXPORTED = frozenset({
+    NET_RX_BYTES, NET_TX_BYTES, NET_RX_PACKETS, NET_TX_PACKETS, NET_DROPS,
+    SYSCALLS, SYSCALL_ERRORS,
+    SYSCALL_DURATION_BUCKET, SYSCALL_DURATION_SUM, SYSCALL_DURATION_COUNT,
+    POD_INFO, ATTACHED_INTERFACES, BPF_MAP_ENTRIES, BPF_MAP_MAX_ENTRIES,
+    BPF_MAP_UPDATE_FAILURES, KUBE_WATCH_RESTARTS, UNRESOLVED_CGROUPS, SERIES_CAP_DROPPED,
+    SCRAPE_COLLECTOR_DURATION, SCRAPE_COLLECTOR_SUCCESS, BUILD_INFO,
+})
+
+
+def sel(metric: str, *matchers: str) -> str:
+    """`metric{m1, m2}` (just `metric` without matchers)."""
+    return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
+
+
+def eq(label: str, value: str) -> str:
+    return f'{label}="{value}"'
+
+
+def re(label: str, value: str) -> str:
+    return f'{label}=~"{value}"'
+
+
+def var(label: str) -> str:
+    """A matcher on the dashboard variable of the same name: `label=~"$label"`."""
+    return re(label, "$" + label)
+
+
+def by(*labels: str) -> str:
+    return f"by ({', '.join(labels)})"
+
+
+def rate(selector: str, window: str) -> str:
+    return f"rate({selector}[{window}])"
+
+
+def sum_by(labels: tuple[str, ...], inner: str) -> str:
+    return f"sum {by(*labels)} ({inner})"

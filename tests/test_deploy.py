@@ -1,0 +1,468 @@
+"""The deployment manifests: they parse, the core kinds deserialize through the `kubernetes`
+client's models without losing a field, and what matters is right: the exporter's flags
+(parsed by the exporter's own parser), ports and probe paths (the exporter's own routes),
+capabilities, mounts, RBAC, Service/ServiceMonitor wiring, the rules, the kustomizations and
+the Dockerfile. Kustomize builds (kubectl kustomize) are checked too where kubectl exists."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client import ApiClient
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+sys.path.insert(0, str(ROOT))
+
+from dashboards import promql as q  # noqa: E402
+from exporter import bpfload, config  # noqa: E402
+from exporter.server import Health, make_app  # noqa: E402
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+VERSION = PYPROJECT["project"]["version"]
+API = ApiClient()
+MODELS = {
+    ("v1", "Namespace"): "V1Namespace",
+    ("v1", "ServiceAccount"): "V1ServiceAccount",
+    ("v1", "Service"): "V1Service",
+    ("v1", "ConfigMap"): "V1ConfigMap",
+    ("apps/v1", "DaemonSet"): "V1DaemonSet",
+    ("apps/v1", "Deployment"): "V1Deployment",
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
+}
+OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+KUSTOMIZE_KINDS = {"Kustomization", "Component"}
+# deploy/ files that are not manifests (everything else must be listed by the kustomization)
+NOT_MANIFESTS = {"README.md", "Dockerfile", "Dockerfile.dockerignore", "kustomization.yaml"}
+
+
+@functools.cache
+def endpoints() -> frozenset[str]:
+    """The HTTP paths the exporter really serves, from its own aiohttp app."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # aiohttp on a callable handler
+        app = make_app(registry=None, health=Health())
+    return frozenset(r.resource.canonical for r in app.router.routes())
+
+
+def load(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def yaml_files() -> list[Path]:
+    return sorted(DEPLOY.rglob("*.yaml"))
+
+
+def deserialize(doc: dict):
+    """Through the kubernetes client's model; the round trip must give back every field (the
+    client silently drops fields it does not know, e.g. a misspelt one)."""
+    model = MODELS[(doc["apiVersion"], doc["kind"])]
+    obj = API.deserialize(json.dumps(doc), model, "application/json")
+    assert API.sanitize_for_serialization(obj) == doc, f"{model}: fields lost in the round trip"
+    return obj
+
+
+def base_objects() -> dict[str, dict]:
+    """kind -> object, for the base's resource files."""
+    kust = load(DEPLOY / "kustomization.yaml")[0]
+    out = {}
+    for name in kust["resources"]:
+        for doc in load(DEPLOY / name):
+            assert doc["kind"] not in out
+            out[doc["kind"]] = doc
+    return out
+
+
+BASE = base_objects()
+
+
+def only_container(pod_spec: dict, name: str = "podsnoop") -> dict:
+    (c,) = [c for c in pod_spec["containers"] if c["name"] == name]
+    return c
+
+
+# --------------------------------------------------------------------------- every file
+
+def resource_files() -> set[Path]:
+    """Files that kustomizations list as whole resources (not patches)."""
+    out = set()
+    for kust_path in DEPLOY.rglob("kustomization.yaml"):
+        for name in load(kust_path)[0].get("resources", []):
+            p = (kust_path.parent / name).resolve()
+            if p.is_file():
+                out.add(p)
+    return out
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_yaml_parses_and_has_a_known_kind(path):
+    docs = load(path)
+    assert docs, path
+    if path.name == "prometheus-rules.yaml":  # a plain Prometheus rule file
+        assert list(docs[0]) == ["groups"]
+        return
+    for doc in docs:
+        kind = doc["kind"]
+        assert kind in {k for _, k in MODELS} | OPERATOR_KINDS | KUSTOMIZE_KINDS, kind
+        assert (kind in KUSTOMIZE_KINDS) == (path.name == "kustomization.yaml")
+        if path.resolve() in resource_files() and (doc["apiVersion"], kind) in MODELS:
+            deserialize(doc)  # patches are partial objects: checked in the builds below
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in BASE if k not in OPERATOR_KINDS))
+def test_base_core_objects_deserialize(kind):
+    deserialize(BASE[kind])
+
+
+def test_a_misspelt_field_is_caught():
+    doc = json.loads(json.dumps(BASE["DaemonSet"]))
+    doc["spec"]["template"]["spec"]["hostNetwrok"] = True
+    with pytest.raises(AssertionError, match="fields lost"):
+        deserialize(doc)
+    doc = json.loads(json.dumps(BASE["DaemonSet"]))
+    doc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "x"
+    with pytest.raises(Exception):
+        deserialize(doc)
+
+
+# --------------------------------------------------------------------------- DaemonSet
+
+DS = BASE["DaemonSet"]
+POD = DS["spec"]["template"]["spec"]
+CTR = only_container(POD)
+
+
+def test_daemonset_runs_in_the_host_namespaces():
+    assert POD["hostNetwork"] is True and POD["hostPID"] is True
+    assert POD["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert POD["serviceAccountName"] == BASE["ServiceAccount"]["metadata"]["name"]
+    labels = DS["spec"]["template"]["metadata"]["labels"]
+    assert DS["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_daemonset_flags_are_the_exporters_own():
+    assert CTR["args"] == ["--listen", "0.0.0.0:9435", "--kube", "auto"]
+    cfg = config.parse(CTR["args"])  # the exporter's parser accepts them
+    assert (cfg.host, cfg.port, cfg.kube) == ("0.0.0.0", 9435, "auto")
+    (env,) = [e for e in CTR["env"] if e["name"] == "NODE_NAME"]
+    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert any(flag == "--node-name" and var == "NODE_NAME" for flag, var, *_ in config.FLAGS)
+
+
+def test_daemonset_port_and_probes():
+    (port,) = CTR["ports"]
+    assert port == {"name": "metrics", "containerPort": config.DEFAULT_PORT, "protocol": "TCP"}
+    served = endpoints()
+    assert {"/metrics", "/healthz", "/readyz"} <= served
+    assert CTR["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert CTR["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert CTR[probe]["httpGet"]["path"] in served
+
+
+def test_daemonset_image_and_resources():
+    assert CTR["image"] == "podsnoop"
+    assert CTR["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"},
+                                "limits": {"cpu": "500m", "memory": "256Mi"}}
+    assert "issue 6" in (DEPLOY / "daemonset.yaml").read_text()
+    kust = load(DEPLOY / "kustomization.yaml")[0]
+    assert kust["images"] == [{"name": "podsnoop", "newName": "podsnoop", "newTag": VERSION}]
+
+
+ADDED_CAPS = {"BPF", "PERFMON", "NET_ADMIN"}
+
+
+def test_daemonset_capabilities_are_narrow_and_documented():
+    sc = CTR["securityContext"]
+    assert sc.get("privileged") is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert set(sc["capabilities"]["add"]) == ADDED_CAPS
+    assert sc["readOnlyRootFilesystem"] is True
+    assert "allowPrivilegeEscalation" not in sc  # false would forbid SYS_ADMIN in overlays
+    comments = "\n".join(ln for ln in (DEPLOY / "daemonset.yaml").read_text().splitlines()
+                         if ln.strip().startswith("#"))
+    for cap in ADDED_CAPS:
+        assert re.search(rf"#\s+{cap}\s", comments), f"{cap} is not explained"
+    assert "SYS_ADMIN" in comments  # why it is left out, and when to add it
+
+
+def _mounts(pod_spec: dict, ctr: dict) -> dict[str, dict]:
+    """host path -> the volumeMount of it."""
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    names = [m["name"] for m in ctr["volumeMounts"]]
+    assert set(names) == set(volumes), "a volume is declared but not mounted, or the reverse"
+    assert len(names) == len(set(names))
+    return {volumes[m["name"]]["hostPath"]["path"]: m
+            for m in ctr["volumeMounts"] if "hostPath" in volumes[m["name"]]}
+
+
+def test_daemonset_mounts():
+    mounts = _mounts(POD, CTR)
+    assert set(mounts) == {"/sys/fs/bpf", "/sys/fs/cgroup", "/sys/kernel/tracing",
+                           "/lib/modules", "/usr/src"}
+    for host, m in mounts.items():
+        assert m["mountPath"] == host  # bcc and the exporter look at the usual paths
+        assert m.get("readOnly") is True, f"{host} should be read-only"
+    tmp = [m for m in CTR["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert tmp, "a writable /tmp is needed under the read-only root"
+    assert bpfload.TRACEFS == "/sys/kernel/tracing"
+
+
+# --------------------------------------------------------------------------- RBAC, Service
+
+def test_rbac_is_get_list_watch_on_pods_only():
+    role = BASE["ClusterRole"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"],
+                              "verbs": ["get", "list", "watch"]}]
+    binding = BASE["ClusterRoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    sa = BASE["ServiceAccount"]["metadata"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["name"],
+                                    "namespace": sa["namespace"]}]
+
+
+def test_service_is_headless_and_selects_the_daemonset():
+    svc = BASE["Service"]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": config.DEFAULT_PORT,
+                                     "targetPort": "metrics", "protocol": "TCP"}]
+    labels = DS["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["metadata"]["name"] == q.JOB_NAME  # the job label the alert rules match
+
+
+def test_servicemonitor_scrapes_the_service():
+    sm = BASE["ServiceMonitor"]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    service_labels = BASE["Service"]["metadata"]["labels"]
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
+    assert "jobLabel" not in sm["spec"]  # job = the Service's name
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] == "metrics" and ep["path"] == "/metrics" and ep["path"] in endpoints()
+    # podsnoop's namespace/pod/container labels must win over the target's
+    assert ep["honorLabels"] is True
+
+
+def test_prometheusrule_groups_equal_the_plain_rules_file():
+    plain = load(DEPLOY / "prometheus-rules.yaml")[0]
+    assert BASE["PrometheusRule"]["spec"]["groups"] == plain["groups"]
+    assert plain["groups"] and all(g["rules"] for g in plain["groups"])
+
+
+def test_namespace_allows_privileged_pods_and_holds_everything():
+    ns = BASE["Namespace"]["metadata"]
+    assert ns["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    kust = load(DEPLOY / "kustomization.yaml")[0]
+    assert kust["namespace"] == ns["name"]
+    for kind, doc in BASE.items():
+        if kind not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:
+            assert doc["metadata"]["namespace"] == ns["name"], kind
+
+
+# --------------------------------------------------------------------------- kustomizations
+
+def _listed(kust: dict) -> set[str]:
+    files = set(kust.get("resources", []))
+    files |= {p["path"] for p in kust.get("patches", []) if "path" in p}
+    for gen in kust.get("configMapGenerator", []):
+        files |= {f.split("=", 1)[-1] for f in gen.get("files", [])}
+    return files
+
+
+@pytest.mark.parametrize("sub", ["", "privileged", "sidecar"])
+def test_kustomization_lists_every_file_in_its_directory(sub):
+    d = DEPLOY / sub
+    kust = load(d / "kustomization.yaml")[0]
+    listed = _listed(kust)
+    local = {p for p in listed if not p.startswith("..")}
+    for name in local:
+        assert (d / name).is_file(), f"{name} is listed but missing"
+    present = {p.name for p in d.iterdir() if p.is_file()} - NOT_MANIFESTS
+    assert present == local, f"not listed: {present - local}; listed only: {local - present}"
+
+
+def test_privileged_is_a_component_that_only_patches():
+    kust = load(DEPLOY / "privileged" / "kustomization.yaml")[0]
+    assert kust["kind"] == "Component"
+    assert "resources" not in kust
+    (patch,) = load(DEPLOY / "privileged" / kust["patches"][0]["path"])
+    ctr = only_container(patch["spec"]["template"]["spec"])
+    assert ctr["securityContext"] == {"privileged": True, "capabilities": None}
+
+
+# --------------------------------------------------------------------------- sidecar
+
+def _sidecar_patch() -> tuple[dict, dict]:
+    (patch,) = load(DEPLOY / "sidecar" / "podsnoop-sidecar.yaml")
+    pod = patch["spec"]["template"]["spec"]
+    return pod, only_container(pod)
+
+
+def test_sidecar_is_one_pods_exporter_without_api_access():
+    pod, ctr = _sidecar_patch()
+    assert "hostNetwork" not in pod and "hostPID" not in pod  # the pod's own namespaces
+    assert ctr["args"] == ["--listen", "0.0.0.0:9435", "--kube", "off"]
+    cfg = config.parse(ctr["args"])
+    assert (cfg.port, cfg.kube) == (9435, "off")
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in ctr["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+                   "POD_UID": "metadata.uid", "NODE_NAME": "spec.nodeName"}
+    assert ctr["ports"] == CTR["ports"]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert ctr[probe] == CTR[probe]
+    assert ctr["resources"] == CTR["resources"]
+    sc = ctr["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert set(sc["capabilities"]["add"]) <= ADDED_CAPS
+    mounts = _mounts(pod, ctr)
+    assert {"/lib/modules", "/usr/src", "/sys/kernel/tracing", "/sys/fs/cgroup"} <= set(mounts)
+    assert all(m.get("readOnly") for m in mounts.values())
+    kust = load(DEPLOY / "sidecar" / "kustomization.yaml")[0]
+    kinds = {d["kind"] for name in kust["resources"] for d in load(DEPLOY / "sidecar" / name)}
+    assert not kinds & {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"}
+
+
+def test_sidecar_podmonitor_selects_the_example_pods():
+    (pm,) = load(DEPLOY / "sidecar" / "podmonitor.yaml")
+    (app,) = load(DEPLOY / "sidecar" / "example-app.yaml")
+    deserialize(app)
+    labels = app["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (ep,) = pm["spec"]["podMetricsEndpoints"]
+    assert ep["port"] == "metrics" and ep["path"] in endpoints()
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with comments dropped and continuation lines joined."""
+    out, buf = [], ""
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        if line.strip().startswith("#") or not line.strip():
+            continue
+        buf += " " + line.rstrip().rstrip("\\")
+        if not line.rstrip().endswith("\\"):
+            op, _, args = buf.strip().partition(" ")
+            out.append((op.upper(), args.strip()))
+            buf = ""
+    return out
+
+
+def test_dockerfile_base_and_packages():
+    ins = _instructions()
+    assert ins[0][0] == "FROM" and re.fullmatch(r"debian:12(-slim)?", ins[0][1])
+    runs = " ".join(a for op, a in ins if op == "RUN")
+    apt = re.search(r"apt-get install (.*?)(&&|$)", runs).group(1).split()
+    assert "python3-bpfcc" in apt
+    assert any(p.startswith("linux-headers-") for p in apt)
+
+
+def test_dockerfile_never_pip_installs_bcc():
+    for op, args in _instructions():
+        if op != "RUN":
+            continue
+        for cmd in re.split(r"&&|;|\|\|", args):
+            if re.search(r"\bpip3?\b.*\binstall\b", cmd):
+                pkgs = [w for w in cmd.split() if not w.startswith("-")]
+                assert not any(re.fullmatch(r"['\"]?bcc([=<>~!].*)?['\"]?", p) for p in pkgs), cmd
+
+
+def test_dockerfile_entrypoint_and_bpf_sources():
+    ins = _instructions()
+    (entry,) = [a for op, a in ins if op == "ENTRYPOINT"]
+    assert json.loads(entry) == ["podsnoop"]
+    assert "podsnoop" in PYPROJECT["project"]["scripts"]
+    (cmd,) = [a for op, a in ins if op == "CMD"]
+    assert json.loads(cmd) == CTR["args"]
+    # bpfload finds the C sources through PODSNOOP_BPF_DIR; the image must set it
+    assert "PODSNOOP_BPF_DIR" in Path(bpfload.__file__).read_text()
+    env = " ".join(a for op, a in ins if op == "ENV")
+    m = re.search(r"PODSNOOP_BPF_DIR=(\S+)", env)
+    assert m
+    copies = [a.split() for op, a in ins if op == "COPY"]
+    assert ["bpf/", m.group(1) + "/"] in copies
+    # what the COPYs need is not excluded from the build context
+    ignored = {ln.strip() for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")}
+    for src in ("bpf", "exporter", "pyproject.toml", "README.md"):
+        assert src not in ignored
+
+
+# --------------------------------------------------------------------------- kustomize builds
+
+def kustomize(path: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl is not installed: kustomize builds not checked")
+    r = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def _by_kind(docs: list[dict]) -> dict[str, dict]:
+    out = {}
+    for d in docs:
+        assert d["kind"] not in out
+        out[d["kind"]] = d
+    return out
+
+
+def test_base_builds():
+    docs = _by_kind(kustomize(DEPLOY))
+    assert set(docs) == set(BASE) | {"ConfigMap"}
+    for kind, doc in docs.items():
+        if kind not in OPERATOR_KINDS:
+            deserialize(doc)
+    ctr = only_container(docs["DaemonSet"]["spec"]["template"]["spec"])
+    assert ctr["image"] == f"podsnoop:{VERSION}"
+    cm = docs["ConfigMap"]
+    assert cm["metadata"]["name"] == "podsnoop-prometheus-rules"
+    assert cm["data"]["prometheus-rules.yaml"] == (DEPLOY / "prometheus-rules.yaml").read_text()
+
+
+def test_privileged_component_builds(tmp_path):
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY, overlay)],
+        "components": [os.path.relpath(DEPLOY / "privileged", overlay)],
+    }))
+    docs = _by_kind(kustomize(overlay))
+    ds = docs["DaemonSet"]
+    deserialize(ds)
+    pod = ds["spec"]["template"]["spec"]
+    ctr = only_container(pod)
+    assert ctr["securityContext"]["privileged"] is True
+    assert "capabilities" not in ctr["securityContext"]
+    assert "/sys/kernel/debug" in _mounts(pod, ctr)
+    base = _by_kind(kustomize(DEPLOY))["DaemonSet"]
+    base_ctr = only_container(base["spec"]["template"]["spec"])
+    assert {k: v for k, v in ctr.items() if k not in ("securityContext", "volumeMounts")} == \
+        {k: v for k, v in base_ctr.items() if k not in ("securityContext", "volumeMounts")}
+
+
+def test_sidecar_builds():
+    docs = _by_kind(kustomize(DEPLOY / "sidecar"))
+    assert set(docs) == {"Deployment", "PodMonitor"}
+    dep = docs["Deployment"]
+    deserialize(dep)
+    pod = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["podsnoop", "app"]
+    ctr = only_container(pod)
+    assert ctr["image"] == f"podsnoop:{VERSION}"
+    assert "--kube" in ctr["args"] and ctr["args"][ctr["args"].index("--kube") + 1] == "off"
+    _mounts(pod, ctr)
