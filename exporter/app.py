@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -12,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from pyroute2 import AsyncIPRoute
 
 from . import __version__, bpfload, names
-from .cgroups import CgroupError, CgroupResolver
+from .cgroups import CgroupError, CgroupResolver, find_cgroup2_mount
 from .collectors.network import NetworkCollector
 from .collectors.pods import PodCollector
 from .collectors.scrape import ScrapeCollector
@@ -76,10 +77,12 @@ def load_syscall_programs(cfg: Config, resolver):
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
 
 
-async def housekeeping(resolver, root_sync: RootSync | None, pod_index) -> None:
-    """Notice gone pods and new kubepods roots (the scrape path never walks cgroupfs), and
-    forget deleted pods once their grace period is over."""
+async def housekeeping(resolver, root_sync: RootSync | None, pod_index, links) -> None:
+    """Notice gone pods and new kubepods roots (the scrape path never walks cgroupfs),
+    forget deleted pods once their grace period is over, and look for tcx programs that
+    would hide packets from our filters."""
     while True:
+        links.check_tcx()
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
         try:
             await asyncio.to_thread(resolver.rescan)
@@ -111,9 +114,18 @@ def start_pod_watcher(cfg: Config):
     return index, watcher.start()
 
 
-def make_resolver() -> CgroupResolver:
+def make_resolver(cfg: Config) -> CgroupResolver:
     try:
-        return CgroupResolver()
+        if cfg.kubepods_root is None:
+            return CgroupResolver()
+        root = os.path.realpath(cfg.kubepods_root)
+        mount = find_cgroup2_mount()
+        if not os.path.isdir(root) or os.path.commonpath([root, mount]) != mount:
+            raise PodsnoopError(f"--kubepods-root {cfg.kubepods_root} is not a directory of "
+                                f"the cgroup v2 hierarchy at {mount}",
+                                "point it at the kubelet's pod cgroup directory, or leave it "
+                                "out to find it automatically")
+        return CgroupResolver(root=mount, kubepods_roots=[root])
     except CgroupError as e:
         raise PodsnoopError(str(e), "run on a host with cgroup v2 (unified or hybrid) and "
                                     "mount the host's /sys/fs/cgroup into the container") from None
@@ -133,7 +145,7 @@ async def run(cfg: Config) -> int:
     watcher = None
     tasks: list[asyncio.Task] = []
     try:
-        resolver = make_resolver()
+        resolver = make_resolver(cfg)
         net, programs = load_network_programs(cfg)
         pod_index, watcher = start_pod_watcher(cfg)
         labeler = PodLabeler(pod_index)
@@ -156,7 +168,7 @@ async def run(cfg: Config) -> int:
             registry.register(ScrapeCollector({"network": network, **collectors}))
             registry.register(BuildInfo())
             await links.start()
-            tasks.append(asyncio.create_task(housekeeping(resolver, root_sync, pod_index)))
+            tasks.append(asyncio.create_task(housekeeping(resolver, root_sync, pod_index, links)))
             health.attached = True
             log.info("ready: %d pod interfaces, serving on %s:%d",
                      sum(link.attached for link in links.links.values()), cfg.host, cfg.port)

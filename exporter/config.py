@@ -62,6 +62,7 @@ class Config:
     syscall_series_cap: int
     syscall_map_entries: int
     pod_labels: tuple[str, ...]
+    kubepods_root: str | None
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -122,6 +123,9 @@ FLAGS = [
      "seconds a deleted pod's last counters stay exported", {}),
     ("--net-map-entries", "PODSNOOP_NET_MAP_ENTRIES", "16384", bounded_int(64, 1 << 22),
      "capacity of the network counter map (10 entries per interface at most)", {}),
+    ("--kubepods-root", "PODSNOOP_KUBEPODS_ROOT", None, str,
+     "the kubelet's pod cgroup directory (default: found below the cgroup v2 mount, e.g. "
+     "/sys/fs/cgroup/kubepods.slice)", {}),
     ("--pod-labels", "PODSNOOP_POD_LABELS", "", label_keys,
      "comma-separated pod label keys exported on podsnoop_pod_info as label_<key> "
      "(e.g. app,team)", {}),
@@ -170,4 +174,5 @@ def parse(argv: list[str] | None = None) -> Config:
                   syscall_scope=a.syscall_scope, syscall_top=a.syscall_top,
                   syscall_allowlist=a.syscall_allowlist,
                   syscall_series_cap=a.syscall_series_cap,
-                  syscall_map_entries=a.syscall_map_entries, pod_labels=a.pod_labels)
+                  syscall_map_entries=a.syscall_map_entries, pod_labels=a.pod_labels,
+                  kubepods_root=a.kubepods_root)

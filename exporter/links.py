@@ -17,6 +17,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
+from . import tcx
 from .tc import GONE, ForeignFilterError, TcAttacher
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class PodLink:
     netnsid: int | None
     pod_uid: str = ""
     attached: bool = False
+    behind_tcx: bool = False  # tcx programs run first and may hide packets from us
 
 
 def is_pod_veth(msg) -> bool:
@@ -108,6 +110,19 @@ class LinkManager:
             else:
                 self.attach_failures += 1
                 log.error("attaching to %s failed: %s", name, e)
+
+    def check_tcx(self) -> int:
+        """Mark pod links that carry tcx programs; warn once per link. Returns how many."""
+        hooks = tcx.tcx_hooks()
+        for link in self.links.values():
+            found = hooks.get(link.index)
+            if found and not link.behind_tcx:
+                log.warning("%s has tcx programs on %s (e.g. Cilium in TCX mode): they run "
+                            "before podsnoop's clsact filter, and packets they pass, redirect "
+                            "or drop are not counted for pod %s", link.name,
+                            "/".join(sorted(found)), link.pod_uid or "?")
+            link.behind_tcx = bool(found)
+        return sum(link.behind_tcx for link in self.links.values())
 
     def _forget(self, index: int) -> None:
         link = self.links.pop(index, None)

@@ -40,6 +40,7 @@ POD_INFO = "podsnoop_pod_info"
 
 # Self metrics.
 ATTACHED_INTERFACES = "podsnoop_attached_interfaces"
+INTERFACES_BEHIND_TCX = "podsnoop_interfaces_behind_tcx"
 BPF_MAP_ENTRIES = "podsnoop_bpf_map_entries"
 BPF_MAP_MAX_ENTRIES = "podsnoop_bpf_map_max_entries"
 BPF_MAP_UPDATE_FAILURES = "podsnoop_bpf_map_update_failures"

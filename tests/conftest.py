@@ -64,10 +64,10 @@ def pods(kernel):
 
 
 def run_exporter(factory: PodFactory, *args: str, **kw) -> ExporterProcess:
-    """An exporter limited to this factory's veths, so parallel or leftover test pods of
-    other factories cannot disturb the figures."""
+    """An exporter limited to this factory's veths and cgroups, so parallel or leftover
+    test pods of other factories cannot disturb the figures."""
     return ExporterProcess("--kube", "off", "--interfaces", rf"{factory.tag}h\d+",
-                           *args, **kw).start()
+                           "--kubepods-root", str(factory.kubepods), *args, **kw).start()
 
 
 @pytest.fixture(scope="module")

@@ -108,3 +108,8 @@ def test_build_info_and_self_metrics_are_served(exporter):
     assert status == 200
     status, body = exporter.get("/readyz")
     assert status == 200 and body.startswith("ready")
+
+
+def test_kubepods_root_outside_the_cgroup_tree(kernel):
+    r = podsnoop("--kube", "off", "--listen", "127.0.0.1:0", "--kubepods-root", "/tmp")
+    assert_clean_failure(r, 1, "is not a directory of the cgroup v2 hierarchy")

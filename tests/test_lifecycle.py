@@ -140,3 +140,31 @@ def test_older_instance_exiting_leaves_the_newer_ones_filters(pods):
     finally:
         assert new.stop() == 0
     assert tc_lines(pod.host_if) == []
+
+
+def test_tcx_program_in_front_is_detected(pods, kernel):
+    """Cilium in TCX mode (kernel >= 6.6): a tcx program with a final verdict runs before
+    clsact, so our filter never sees those packets. podsnoop must say so, not stay silent."""
+    import os
+
+    from exporter import tcx
+    bpf = bpfload.compile_program("testing/foreign", [])
+    final = bpf.load_func("pass_final", bpf.SCHED_CLS)
+    pod = pods.create()
+    link_fd = tcx.attach_tcx(final.fd, pod.host_ifindex(), "ingress")
+    proc = run_exporter(pods)
+    try:
+        wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
+        assert proc.metrics().value(names.INTERFACES_BEHIND_TCX) == 1
+        pod.exec(["ping", "-c", "3", "-i", "0.05", "-q", pod.host_ip])
+        m = proc.metrics()
+        # The undercount is real: replies into the pod are seen (egress has no tcx), the
+        # requests out of it (host ingress, behind the tcx program) are not.
+        assert m.value(names.NET_RECEIVE_PACKETS + "_total", interface=pod.host_if,
+                       protocol="icmp") == 3
+        assert m.value(TRANSMIT_ICMP, interface=pod.host_if, protocol="icmp") == 0
+    finally:
+        os.close(link_fd)
+        assert proc.stop() == 0, proc.output()
+        bpf.cleanup()
+    assert "has tcx programs on ingress" in proc.output()

@@ -20,3 +20,9 @@ int passthrough(struct __sk_buff *skb)
 {
     return TC_ACT_UNSPEC;
 }
+
+// A final verdict, as a CNI returns for traffic it handles itself (tcx: TCX_PASS == 0).
+int pass_final(struct __sk_buff *skb)
+{
+    return TC_ACT_OK;
+}

@@ -78,8 +78,13 @@ class NetworkCollector:
         f.add_metric([MAP], failures)
         a = GaugeMetricFamily(names.ATTACHED_INTERFACES,
                               "Pod interfaces with podsnoop's TC programs attached.")
-        a.add_metric([], sum(1 for link in list(self.links.links.values()) if link.attached))
-        return e, m, f, a
+        links = list(self.links.links.values())
+        a.add_metric([], sum(1 for link in links if link.attached))
+        t = GaugeMetricFamily(names.INTERFACES_BEHIND_TCX,
+                              "Pod interfaces whose tcx programs (kernel >= 6.6) run before "
+                              "podsnoop's filter and may hide packets from it.")
+        t.add_metric([], sum(1 for link in links if link.attached and link.behind_tcx))
+        return e, m, f, a, t
 
     def collect(self):
         families = self._families()
