@@ -7,7 +7,7 @@
 // in kubepods_roots. Host processes pay one helper call and one hash lookup per tracepoint.
 //
 // Compiled by bcc at start. The loader passes FILTER_PODS, KUBEPODS_LEVEL, LATENCY (0/1),
-// SYSCALL_MAX_ENTRIES, LATENCY_MAX_ENTRIES, INFLIGHT_MAX_ENTRIES.
+// SYSCALL_MAX_ENTRIES, LATENCY_MAX_ENTRIES.
 #include <uapi/linux/bpf.h>
 
 struct syscall_key {
@@ -29,10 +29,9 @@ struct latency_key {
 
 BPF_PERCPU_HASH(syscall_counts, struct syscall_key, struct syscall_value, SYSCALL_MAX_ENTRIES);
 BPF_PERCPU_HASH(syscall_latency, struct latency_key, u64, LATENCY_MAX_ENTRIES);
-// Entry time per thread while it is inside a syscall. LRU: a thread that dies inside a
-// syscall (exit_group) is also removed by sched_process_exit, and under pressure the
-// longest-blocked threads are evicted first (only their latency sample is lost).
-BPF_TABLE("lru_hash", u32, u64, syscall_inflight, INFLIGHT_MAX_ENTRIES);
+// Entry time of the thread's current syscall, in task-local storage: no hashing on the hot
+// path, and freed by the kernel when the thread exits (even inside a syscall: exit_group).
+BPF_TASK_STORAGE(syscall_inflight, u64);
 // Ids of the kubepods root cgroups, maintained by userspace.
 BPF_HASH(kubepods_roots, u64, u8, 64);
 // Inserts lost because a map was full: slot 0 syscall_counts, slot 1 syscall_latency.
@@ -60,16 +59,10 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 {
     if (!tracked())
         return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    u64 now = bpf_ktime_get_ns();
-    syscall_inflight.update(&tid, &now);
-    return 0;
-}
-
-TRACEPOINT_PROBE(sched, sched_process_exit)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    syscall_inflight.delete(&tid);
+    u64 *start = syscall_inflight.task_storage_get(bpf_get_current_task_btf(), 0,
+                                                   BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (start)
+        *start = bpf_ktime_get_ns();
     return 0;
 }
 #endif
@@ -92,11 +85,10 @@ TRACEPOINT_PROBE(raw_syscalls, sys_exit)
         count_failure(0);
     }
 #if LATENCY
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    u64 *start = syscall_inflight.lookup(&tid);
-    if (start) {
+    u64 *start = syscall_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (start && *start) {
         u64 delta = bpf_ktime_get_ns() - *start;
-        syscall_inflight.delete(&tid);
+        *start = 0;  // a syscall whose entry we did not see (attached mid-call) is skipped
         struct latency_key lkey = {.cgroup_id = cgroup_id, .slot = bpf_log2l(delta)};
         u64 zero_count = 0;
         u64 *count = syscall_latency.lookup_or_try_init(&lkey, &zero_count);

@@ -63,7 +63,6 @@ def load_network_programs(cfg: Config):
 
 
 LATENCY_MAX_ENTRIES = 32768
-INFLIGHT_MAX_ENTRIES = 65536
 HOUSEKEEPING_SECONDS = 10.0
 
 
@@ -72,8 +71,7 @@ def load_syscall_programs(cfg: Config, resolver):
     level = choose_level(resolver)
     bpf = bpfload.compile_program("syscalls", bpfload.defines(
         FILTER_PODS=int(cfg.syscall_scope == "pods"), KUBEPODS_LEVEL=level, LATENCY=1,
-        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES,
-        INFLIGHT_MAX_ENTRIES=INFLIGHT_MAX_ENTRIES))
+        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES))
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
 
 
