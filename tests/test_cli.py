@@ -113,3 +113,18 @@ def test_build_info_and_self_metrics_are_served(exporter):
 def test_kubepods_root_outside_the_cgroup_tree(kernel):
     r = podsnoop("--kube", "off", "--listen", "127.0.0.1:0", "--kubepods-root", "/tmp")
     assert_clean_failure(r, 1, "is not a directory of the cgroup v2 hierarchy")
+
+
+def test_missing_tracefs_is_mounted_by_the_exporter(pods):
+    """tracefs unmounted (as on a fresh node): podsnoop mounts it and starts counting."""
+    from conftest import run_exporter
+    script = "umount /sys/kernel/tracing && ! mountpoint -q /sys/kernel/tracing && exec \"$@\""
+    proc = run_exporter(pods, wrapper=["unshare", "--mount", "--propagation", "private",
+                                       "sh", "-c", script, "sh"])
+    try:
+        pod = pods.create()
+        pod.exec(["python3", "-c", "import os\nfor _ in range(3000): os.getsid(0)"])
+        assert proc.metrics().value(names.SYSCALLS + "_total", pod_uid=pod.uid,
+                                    syscall="getsid") == 3000
+    finally:
+        assert proc.stop() == 0, proc.output()
