@@ -23,6 +23,7 @@ from .config import Config
 from .errors import PodsnoopError
 from .labels import PodLabeler
 from .links import LinkManager
+from .memory import release_compiler_memory
 from .podnetns import PodNetnsIndex
 from .server import Health, make_app
 from .tc import TC_H_EGRESS, TC_H_INGRESS, TcAttacher, owned_name
@@ -165,6 +166,7 @@ async def run(cfg: Config) -> int:
             links.on_removed = network.retire
             registry.register(ScrapeCollector({"network": network, **collectors}))
             registry.register(BuildInfo())
+            release_compiler_memory()  # every program is compiled by now
             await links.start()
             tasks.append(asyncio.create_task(housekeeping(resolver, root_sync, pod_index, links)))
             health.attached = True

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
+
+from .exposition import CONTENT_TYPE, render
 
 
 @dataclass
@@ -36,18 +37,21 @@ class Health:
 class MetricsHandler:
     def __init__(self, registry):
         self.registry = registry
-        self._inflight: dict[str, asyncio.Future] = {}
+        self._inflight: asyncio.Future | None = None  # the collection in flight, shared
 
     async def __call__(self, request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept"))
-        future = self._inflight.get(content_type)
+        # Always the 0.0.4 text format: every Prometheus accepts it, and it is the one we
+        # render fast (exporter/exposition.py).
+        future = self._inflight
         if future is None:
             loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(None, encoder, self.registry)
-            self._inflight[content_type] = future
-            future.add_done_callback(lambda _: self._inflight.pop(content_type, None))
+            future = self._inflight = loop.run_in_executor(None, render, self.registry)
+            future.add_done_callback(self._done)
         body = await asyncio.shield(future)
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    def _done(self, _future) -> None:
+        self._inflight = None
 
 
 def make_app(registry, health: Health) -> web.Application:

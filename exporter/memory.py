@@ -1,0 +1,55 @@
+"""Give back the memory the BPF compile used, once all programs are compiled.
+
+bcc compiles with LLVM and clang (libLLVM, libclang-cpp). A compile leaves ~40 MB of freed
+heap that glibc keeps, and ~85 MB of those libraries' code pages resident that the exporter
+never runs again (map operations live in libbcc). malloc_trim returns the heap;
+MADV_DONTNEED on the libraries' read-only, purely file-backed mappings (code, constants)
+drops them from this process (they fault back in from the file if ever used). Never on
+writable or relocated (RELRO) mappings: that would discard the libraries' own data. Where a call is not supported nothing changes.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger(__name__)
+
+MADV_DONTNEED = 4
+COMPILER_LIBRARIES = ("libLLVM", "libclang")
+
+
+def _clean_readonly_mappings(name_part: str):
+    """Read-only mappings of a library that hold only file pages: code and constants.
+
+    Excluded: writable mappings, and read-only ones with anonymous pages, such as RELRO
+    (relocated by the dynamic linker, then made read-only): dropping those would bring back
+    the file's unrelocated bytes.
+    """
+    current = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                current = None
+                if len(fields) >= 6 and name_part in fields[5] and "w" not in fields[1]:
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    current = (lo, hi - lo)
+            elif fields[0] == "Anonymous:" and current is not None:
+                if int(fields[1]) == 0:
+                    yield current
+                current = None
+
+
+def release_compiler_memory() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        libc.malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    for library in COMPILER_LIBRARIES:
+        for start, length in list(_clean_readonly_mappings(library)):
+            if libc.madvise(start, length, MADV_DONTNEED) != 0:
+                log.debug("madvise(MADV_DONTNEED) on %s failed: errno %d", library,
+                          ctypes.get_errno())
+                return
