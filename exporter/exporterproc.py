@@ -68,10 +68,6 @@ class ExporterProcess:
             self.wait_ready(wait_ready)
         return self
 
-    def output(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
     def get(self, path: str, timeout: float = 10) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
@@ -98,6 +94,7 @@ class ExporterProcess:
         return Metrics(text)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Stop the exporter; its log stays readable through output() but leaves /tmp."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
@@ -108,6 +105,16 @@ class ExporterProcess:
             self.proc.kill()
             self.proc.wait()
             raise
+        finally:
+            if self.proc.poll() is not None and self.log_path and os.path.exists(self.log_path):
+                self._final_output = self.output()
+                os.unlink(self.log_path)
+
+    def output(self) -> str:
+        if getattr(self, "_final_output", None) is not None and not os.path.exists(self.log_path):
+            return self._final_output
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
 
     def __enter__(self) -> "ExporterProcess":
         return self.start()
