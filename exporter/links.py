@@ -23,7 +23,7 @@ from .tc import GONE, ForeignFilterError, TcAttacher
 log = logging.getLogger(__name__)
 
 UNRESOLVED_RETRY_SECONDS = 1.0
-FULL_REFRESH_SECONDS = 30.0
+MAX_RETRY_SECONDS = 30.0
 
 
 @dataclass
@@ -77,11 +77,7 @@ class LinkManager:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in list(self.links.values()):
-            if link.attached:
-                try:
-                    await self.attacher.detach(link.index)
-                except NetlinkError as e:
-                    log.warning("detaching from %s failed: %s", link.name, e)
+            await self._detach_quietly(link)
         self.links.clear()
         if self._events is not None:
             self._events.close()
@@ -124,6 +120,13 @@ class LinkManager:
             link.behind_tcx = bool(found)
         return sum(link.behind_tcx for link in self.links.values())
 
+    async def _detach_quietly(self, link: PodLink) -> None:
+        if link.attached:
+            try:
+                await self.attacher.detach(link.index)
+            except NetlinkError as e:
+                log.warning("detaching from %s failed: %s", link.name, e)
+
     def _forget(self, index: int) -> None:
         link = self.links.pop(index, None)
         if link is not None:
@@ -136,9 +139,12 @@ class LinkManager:
                 try:
                     if msg["event"] == "RTM_NEWLINK" and self._wanted(msg):
                         await self._add(msg)
-                    elif msg["event"] == "RTM_DELLINK" or (
-                            msg["event"] == "RTM_NEWLINK" and msg["index"] in self.links
-                            and not self._wanted(msg)):
+                    elif msg["event"] == "RTM_NEWLINK" and msg["index"] in self.links:
+                        # Still there but no longer wanted (renamed out of --interfaces):
+                        # our filters must not stay behind on it.
+                        await self._detach_quietly(self.links[msg["index"]])
+                        self._forget(msg["index"])
+                    elif msg["event"] == "RTM_DELLINK":
                         self._forget(msg["index"])
                 except Exception:  # one bad event must not stop the watch
                     log.exception("handling %s failed", msg.get("event"))
@@ -146,9 +152,10 @@ class LinkManager:
     async def _resolve_pods(self) -> None:
         """Give links whose pod was not known yet (pod process not started) their pod.
 
-        Retries every second while something is unresolved, backing off to
-        FULL_REFRESH_SECONDS when retries find nothing new (veths of non-pod containers
-        stay unresolved forever and must not cost a cgroup walk a second).
+        Runs only while some link is unresolved: a link's peer namespace never changes, so a
+        resolved link stays resolved until the link goes. Retries every second, backing off
+        to MAX_RETRY_SECONDS when retries find nothing new (veths of non-pod containers stay
+        unresolved forever and must not cost a refresh a second).
         """
         delay, waited = UNRESOLVED_RETRY_SECONDS, 0.0
         while True:
@@ -157,7 +164,7 @@ class LinkManager:
             if self._new_link_seen:
                 self._new_link_seen, delay = False, UNRESOLVED_RETRY_SECONDS
             unresolved = sum(1 for link in self.links.values() if not link.pod_uid)
-            if waited < (delay if unresolved else FULL_REFRESH_SECONDS):
+            if not unresolved or waited < delay:
                 continue
             waited = 0.0
             try:
@@ -166,6 +173,7 @@ class LinkManager:
                 log.exception("refreshing the pod network namespaces failed")
                 continue
             for link in self.links.values():
-                link.pod_uid = self.netns_index.pod_uid(link.netnsid)
+                if not link.pod_uid:
+                    link.pod_uid = self.netns_index.pod_uid(link.netnsid)
             still = sum(1 for link in self.links.values() if not link.pod_uid)
-            delay = delay if still < unresolved else min(delay * 2, FULL_REFRESH_SECONDS)
+            delay = delay if still < unresolved else min(delay * 2, MAX_RETRY_SECONDS)

@@ -51,8 +51,14 @@ class PodNetnsIndex:
         self._last_refresh = now
         self.refreshes += 1
         self.resolver.rescan()
+        # Pods mapped before keep their netnsid (a pod's network namespace lives as long as
+        # the pod): only new pods cost a netlink round trip.
+        known = {uid: nsid for nsid, uid in self._by_nsid.items()}
         mapping: dict[int, str] = {}
         for uid, cgroups in self.resolver.pods().items():
+            if uid in known:
+                mapping[known[uid]] = uid
+                continue
             pid = first_pid(c.path for c in cgroups)
             if pid is None:
                 continue

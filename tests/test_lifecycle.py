@@ -168,3 +168,17 @@ def test_tcx_program_in_front_is_detected(pods, kernel):
         assert proc.stop() == 0, proc.output()
         bpf.cleanup()
     assert "has tcx programs on ingress" in proc.output()
+
+
+def test_link_renamed_out_of_the_pattern_is_detached(pods):
+    pod = pods.create()
+    proc = run_exporter(pods)
+    try:
+        wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
+        renamed = "zz" + pod.host_if[2:]
+        subprocess.run(["ip", "link", "set", pod.host_if, "name", renamed], check=True)
+        pod.host_if = renamed  # so the pod's teardown finds it
+        wait_for(lambda: not our_filters(renamed), what="detach from the renamed link")
+        assert proc.metrics().value(names.ATTACHED_INTERFACES) == 0
+    finally:
+        assert proc.stop() == 0, proc.output()
