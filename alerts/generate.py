@@ -14,7 +14,6 @@ Thresholds and `for:` durations are first guesses; the dashboards draw the same 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -25,10 +24,12 @@ if __package__ in (None, ""):  # python alerts/generate.py
     __package__ = "alerts"
 
 from dashboards import promql as q  # noqa: E402
+from exporter.generated import write_or_check  # noqa: E402
 from dashboards.generate import (  # noqa: E402
     BPF_MAP_FILL_THRESHOLD, CONTAINER_KEYS, DROP_RATIO_THRESHOLD, POD_KEYS,
-    SYSCALL_ERROR_RATIO_THRESHOLD, SYSCALL_P99_THRESHOLD_SECONDS, bpf_map_fill_ratio,
-    drop_ratio, syscall_error_ratio, syscall_p99,
+    SYSCALL_ERROR_RATIO_THRESHOLD, SYSCALL_P99_THRESHOLD_SECONDS,
+    TCP_CONNECT_FAILURE_RATIO_THRESHOLD, TCP_CONNECT_P99_THRESHOLD_SECONDS, bpf_map_fill_ratio,
+    drop_ratio, syscall_error_ratio, syscall_p99, tcp_connect_failure_ratio, tcp_connect_p99,
 )
 from dashboards.promql import (  # noqa: E402
     COLLECTOR, CONTAINER, CONTAINER_ID, DIRECTION, INSTANCE, INTERFACE, JOB, JOB_NAME, MAP,
@@ -44,6 +45,7 @@ WINDOW = "5m"
 # Below these rates a ratio is noise (a stray UDP packet to a closed port is a drop).
 MIN_DROPS_PER_SECOND = 1
 MIN_SYSCALLS_PER_SECOND = 1
+MIN_CONNECT_FAILURES_PER_SECOND = 0.1
 WATCH_RESTARTS_WINDOW = "15m"
 WATCH_RESTARTS_MAX = 3
 
@@ -113,6 +115,30 @@ def pod_rules() -> list[dict]:
         f"{SYSCALL_P99_THRESHOLD_SECONDS:g}s. Blocking calls (epoll_wait, futex, nanosleep) "
         f"count too, so an idle server can trip this: raise the threshold for such "
         f"workloads. " + DASHBOARD_HINT.format("Syscalls")))
+
+    failures = sum_by(POD_KEYS, rate(sel(q.TCP_CONNECT_FAILURES), WINDOW))
+    rules.append(alert(
+        "PodsnoopTcpConnectFailuresHigh",
+        f"(\n{tcp_connect_failure_ratio((), WINDOW)}\n) > "
+        f"{TCP_CONNECT_FAILURE_RATIO_THRESHOLD}\nand on ({', '.join(POD_KEYS)})\n"
+        f"{failures} > {MIN_CONNECT_FAILURES_PER_SECOND}",
+        "10m", "warning",
+        f"{{{{ $value | humanizePercentage }}}} of the TCP connects of pod {POD_REF} fail",
+        f"For 10 minutes more than {_pct(TCP_CONNECT_FAILURE_RATIO_THRESHOLD)} of the TCP "
+        f"connects made by pod {POD_REF} ended before being established (refused, timed "
+        f"out, reset, or abandoned; at least {MIN_CONNECT_FAILURES_PER_SECOND:g} per second): "
+        f"a dependency of the pod is down or unreachable. "
+        + DASHBOARD_HINT.format("Pod network")))
+
+    rules.append(alert(
+        "PodsnoopTcpConnectLatencyHigh",
+        f"{tcp_connect_p99((), WINDOW)}\n> {TCP_CONNECT_P99_THRESHOLD_SECONDS:g}",
+        "15m", "info",
+        f"p99 TCP connect latency of pod {POD_REF} is {{{{ $value | humanizeDuration }}}}",
+        f"For 15 minutes the 99th percentile of the time from SYN to established "
+        f"connection of pod {POD_REF} was above {TCP_CONNECT_P99_THRESHOLD_SECONDS:g}s. "
+        f"Values of 1 s and more mean SYNs or SYN-ACKs are lost and retransmitted (the "
+        f"kernel's initial SYN timeout is 1 s). " + DASHBOARD_HINT.format("Pod network")))
     return rules
 
 
@@ -340,6 +366,38 @@ def unit_tests() -> dict:
                {NAMESPACE: "db", POD: "pg-0", CONTAINER: "postgres"}, "1.933s"),
     ]))
 
+    # TCP connect failures: api-1 fails 1/s of 2/s connects (50%); web-1 fails 0.2/s of
+    # 10/s (~2%, under the ratio); cron-1 fails 0.05/s and connects nothing else (100%, but
+    # under the minimum rate); dead-1 fails 0.5/s and never connects (100%).
+    def connects(pod: str, failed_per_min: int, ok_per_min: int) -> list[dict]:
+        out = [_series(q.TCP_CONNECT_FAILURES, _pod("shop", pod), f"0+{failed_per_min}x40")]
+        if ok_per_min:
+            out.append(_series(q.TCP_CONNECT_DURATION_COUNT, _pod("shop", pod),
+                               f"0+{ok_per_min}x40"))
+        return out
+
+    cases.append(_case("PodsnoopTcpConnectFailuresHigh",
+                       connects("api-1", 60, 60) + connects("web-1", 12, 600)
+                       + connects("cron-1", 3, 0) + connects("dead-1", 30, 0), "20m", [
+        _fires("PodsnoopTcpConnectFailuresHigh", {NAMESPACE: "shop", POD: "api-1"}, "50%"),
+        _fires("PodsnoopTcpConnectFailuresHigh", {NAMESPACE: "shop", POD: "dead-1"}, "100%"),
+    ]))
+
+    # TCP connect latency: api-1 has 2 of 100 connects a second in (1, 2.5] s (SYN
+    # retransmits), so p99 = 1 + 1.5 * (99 - 98) / 2 = 1.75 s; web-1 all under 10 ms.
+    def connect_buckets(pod: str, per_second: dict[str, int]) -> list[dict]:
+        return [_series(q.TCP_CONNECT_DURATION_BUCKET, _pod("shop", pod, le=le),
+                        f"0+{n * 60}x40") for le, n in per_second.items()]
+
+    cases.append(_case("PodsnoopTcpConnectLatencyHigh",
+                       connect_buckets("api-1", {"0.01": 98, "1.0": 98, "2.5": 100,
+                                                 "+Inf": 100})
+                       + connect_buckets("web-1", {"0.01": 100, "1.0": 100, "2.5": 100,
+                                                   "+Inf": 100}),
+                       "25m", [
+        _fires("PodsnoopTcpConnectLatencyHigh", {NAMESPACE: "shop", POD: "api-1"}, "1.75s"),
+    ]))
+
     # Exporter down: node-a fails from minute 3; node-b stays up; another job's target is
     # down and is not podsnoop's business.
     cases.append(_case("PodsnoopExporterDown", [
@@ -450,23 +508,7 @@ def outputs() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true",
-                    help="do not write; exit 1 if a committed file differs")
-    args = ap.parse_args(argv)
-    stale = []
-    for path, text in outputs().items():
-        old = open(path, encoding="utf-8").read() if os.path.exists(path) else None
-        if old == text:
-            continue
-        stale.append(path)
-        if not args.check:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text)
-    for path in stale:
-        print(("stale: " if args.check else "wrote ") + os.path.relpath(path), file=sys.stderr)
-    return 1 if args.check and stale else 0
+    return write_or_check(outputs, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import argparse
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 from common import HERE, graceful, header, summary, table, write_section
 

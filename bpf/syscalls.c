@@ -6,8 +6,8 @@
 // is 1: the task's ancestor cgroup at KUBEPODS_LEVEL must be one of the roots userspace put
 // in kubepods_roots. Host processes pay one helper call and one hash lookup per tracepoint.
 //
-// Compiled by bcc at start. The loader passes FILTER_PODS, KUBEPODS_LEVEL, LATENCY (0/1),
-// SYSCALL_MAX_ENTRIES, LATENCY_MAX_ENTRIES.
+// Compiled by bcc at start, with -I<bpf dir> for podfilter.h. The loader passes FILTER_PODS,
+// KUBEPODS_LEVEL, LATENCY (0/1), SYSCALL_MAX_ENTRIES, LATENCY_MAX_ENTRIES.
 #include <uapi/linux/bpf.h>
 
 struct syscall_key {
@@ -32,15 +32,15 @@ BPF_PERCPU_HASH(syscall_latency, struct latency_key, u64, LATENCY_MAX_ENTRIES);
 // Entry time of the thread's current syscall, in task-local storage: no hashing on the hot
 // path, and freed by the kernel when the thread exits (even inside a syscall: exit_group).
 BPF_TASK_STORAGE(syscall_inflight, u64);
-// Ids of the kubepods root cgroups, maintained by userspace.
-BPF_HASH(kubepods_roots, u64, u8, 64);
+// kubepods_roots: the pod filter shared with the other tracepoint programs.
+#include "podfilter.h"
 // Inserts lost because a map was full: slot 0 syscall_counts, slot 1 syscall_latency.
 BPF_PERCPU_ARRAY(syscall_update_failures, u64, 2);
 
 static __always_inline int tracked(void)
 {
 #if FILTER_PODS
-    u64 root = bpf_get_current_ancestor_cgroup_id(KUBEPODS_LEVEL);
+    u64 root = kubepods_root_id();
     return kubepods_roots.lookup(&root) != NULL;
 #else
     return 1;

@@ -16,7 +16,6 @@ For tests that run the panels' queries through a real Prometheus:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re as _re
@@ -29,9 +28,10 @@ if __package__ in (None, ""):  # python dashboards/generate.py
     __package__ = "dashboards"
 
 from dashboards import promql as q  # noqa: E402
+from exporter.generated import write_or_check  # noqa: E402
 from dashboards.promql import (  # noqa: E402
-    COLLECTOR, CONTAINER, DIRECTION, INSTANCE, JOB, MAP, NAMESPACE, POD, PROTOCOL, REASON,
-    SYSCALL, VERSION, by, rate, sel, sum_by, var,
+    COLLECTOR, COMM, CONTAINER, DIRECTION, INSTANCE, JOB, MAP, NAMESPACE, POD, PROTOCOL,
+    REASON, SYSCALL, VERSION, by, rate, sel, sum_by, var,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -423,6 +423,39 @@ def network_dashboard() -> dict:
                    "Dropped / (sent + dropped) packets out of each pod.",
                    [target(drop_ratio(q.TRANSMIT, f, RATE), POD_LEGEND)], "percentunit",
                    thresholds=[(None, "green"), (DROP_RATIO_THRESHOLD, "red")]),
+        row("TCP"),
+        timeseries("TCP connect latency p99 by pod",
+                   "99th percentile of the time from a pod's SYN to the established "
+                   "connection. A lost SYN or SYN-ACK shows as >= 1 s (the kernel's SYN "
+                   "retransmission). The alert PodsnoopTcpConnectLatencyHigh uses the same "
+                   "expression over 5m.",
+                   [target(tcp_connect_p99(f, RATE), POD_LEGEND)], "s",
+                   thresholds=[(None, "green"), (TCP_CONNECT_P99_THRESHOLD_SECONDS, "red")]),
+        heatmap("TCP connect latency", "Distribution of connect latencies of the selected "
+                "pods (buckets counted in the kernel).",
+                [target(sum_by(("le",), rate(sel(q.TCP_CONNECT_DURATION_BUCKET, *f), RATE)),
+                        "{{le}}", fmt="heatmap")], "s"),
+        timeseries("TCP connect failure ratio by pod",
+                   "Failed / (failed + established) connects of each pod: refused, timed "
+                   "out, reset or abandoned before the handshake. The alert "
+                   "PodsnoopTcpConnectFailuresHigh uses the same expression over 5m.",
+                   [target(tcp_connect_failure_ratio(f, RATE), POD_LEGEND)], "percentunit",
+                   max_=1, thresholds=[(None, "green"),
+                                       (TCP_CONNECT_FAILURE_RATIO_THRESHOLD, "red")]),
+        timeseries("TCP retransmits by pod", "Segments the kernel retransmitted per second "
+                   "for each pod's sockets (connected and accepted).",
+                   [target(per_pod(q.TCP_RETRANSMITS), POD_LEGEND)], "ops"),
+        row("Traffic by container"),
+        timeseries("Receive bandwidth by container",
+                   "IP bytes per second received by each container's sockets (with "
+                   "--container-network on). No Ethernet header, and no traffic of no socket "
+                   "(ARP, ICMP errors the kernel sends): a little less than the veth's.",
+                   [target(sum_by(CONTAINER_KEYS, rate(sel(q.CNET_RX_BYTES, *f), RATE)),
+                           CONTAINER_LEGEND)], "Bps"),
+        timeseries("Transmit bandwidth by container",
+                   "IP bytes per second sent by each container's sockets.",
+                   [target(sum_by(CONTAINER_KEYS, rate(sel(q.CNET_TX_BYTES, *f), RATE)),
+                           CONTAINER_LEGEND)], "Bps"),
     ]
     return dashboard(
         "podsnoop-network", "podsnoop / Pod network",
@@ -490,6 +523,15 @@ def syscalls_dashboard() -> dict:
                            " / "
                            f"{sum_by(CONTAINER_KEYS, rate(sel(q.SYSCALL_DURATION_COUNT, *f), RATE))}",
                            CONTAINER_LEGEND)], "s"),
+        row("Execs"),
+        timeseries("Execs by container", "Programs executed (execve) per second, by "
+                   "container; `kubectl exec` shows here too.",
+                   [target(sum_by(CONTAINER_KEYS, rate(sel(q.EXECS, *f), RATE)),
+                           CONTAINER_LEGEND)], "ops"),
+        timeseries("Top 15 programs executed", "Execs per second of the selected containers, "
+                   "by the program's name (comm; the container's rarer ones are \"other\").",
+                   [target(f"topk(15, {sum_by((COMM,), rate(sel(q.EXECS, *f), RATE))})",
+                           "{{comm}}")], "ops"),
     ]
     return dashboard(
         "podsnoop-syscalls", "podsnoop / Syscalls",
@@ -583,6 +625,8 @@ DROP_RATIO_THRESHOLD = 0.01
 SYSCALL_ERROR_RATIO_THRESHOLD = 0.5
 SYSCALL_P99_THRESHOLD_SECONDS = 1.0
 BPF_MAP_FILL_THRESHOLD = 0.9
+TCP_CONNECT_FAILURE_RATIO_THRESHOLD = 0.2
+TCP_CONNECT_P99_THRESHOLD_SECONDS = 0.5
 
 
 def drop_ratio(direction: str, matchers: tuple[str, ...], window: str,
@@ -606,6 +650,21 @@ def syscall_p99(matchers: tuple[str, ...], window: str,
                 keys: tuple[str, ...] = CONTAINER_KEYS) -> str:
     return (f"histogram_quantile(0.99, "
             f"{sum_by(keys + ('le',), rate(sel(q.SYSCALL_DURATION_BUCKET, *matchers), window))})")
+
+
+def tcp_connect_failure_ratio(matchers: tuple[str, ...], window: str,
+                              keys: tuple[str, ...] = POD_KEYS) -> str:
+    """Failed / (failed + established) connects per pod; 1 for a pod whose connects all
+    failed (no histogram increase: the `or ... * 0` keeps it)."""
+    failed = sum_by(keys, rate(sel(q.TCP_CONNECT_FAILURES, *matchers), window))
+    done = sum_by(keys, rate(sel(q.TCP_CONNECT_DURATION_COUNT, *matchers), window))
+    return f"{failed}\n/\n({failed}\n + ({done} or {failed} * 0))"
+
+
+def tcp_connect_p99(matchers: tuple[str, ...], window: str,
+                    keys: tuple[str, ...] = POD_KEYS) -> str:
+    return (f"histogram_quantile(0.99, "
+            f"{sum_by(keys + ('le',), rate(sel(q.TCP_CONNECT_DURATION_BUCKET, *matchers), window))})")
 
 
 def bpf_map_fill_ratio(matchers: tuple[str, ...] = (), *, aggregate: bool = True) -> str:
@@ -728,22 +787,7 @@ def outputs() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true",
-                    help="do not write; exit 1 if a committed file differs")
-    args = ap.parse_args(argv)
-    stale = []
-    for path, text in outputs().items():
-        old = open(path, encoding="utf-8").read() if os.path.exists(path) else None
-        if old == text:
-            continue
-        stale.append(path)
-        if not args.check:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text)
-    for path in stale:
-        print(("stale: " if args.check else "wrote ") + os.path.relpath(path), file=sys.stderr)
-    return 1 if args.check and stale else 0
+    return write_or_check(outputs, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ heatmap as a heatmap. A panel without data says "No data", as Grafana does.
     python -m dashboards.render --prometheus http://127.0.0.1:9090 [--minutes 15]
     python -m dashboards.render --demo      # test pods + exporter + Prometheus, ~3 minutes
 
---demo (root, real kernel) starts 3 test pods making traffic and syscalls, publishes them
-on the local test Kubernetes API, runs the exporter and a real Prometheus scraping it every
+--demo (root, real kernel) starts 3 test pods making traffic, syscalls, execs, TCP
+connects (a few refused, a few retransmitted: the demo drops some of their packets with
+bpf/testing/impair.c) and drops, publishes them on the local test Kubernetes API, runs the
+exporter (with --container-network on) and a real Prometheus scraping it every
 second (tests/prometheus_server.py), waits one rate interval (1m: until rate() windows are
 full of data) plus --wait seconds (default 90), draws those 90 s, and removes everything
 (on Ctrl-C and SIGTERM too). tests/test_prometheus_e2e.py uses the same DemoStack.
@@ -26,6 +28,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,6 +130,80 @@ while True:
     data, peer = u.recvfrom(65536)
     u.sendto(data, peer)
 """
+# In every container: exec /bin/true every PROBE_TICK s (the exec counter). With the host
+# side's ports (one container per pod): every CONNECT_EVERY ticks a TCP connect to a listener
+# and one to the lossy listener, sending 100 bytes (the demo drops LOSS_PCT % of the data
+# segments pods send there, so they are retransmitted: retransmits, and TC_INGRESS drops);
+# every FAIL_EVERY ticks a connect to a port where nothing listens (refused: a connect
+# failure, and the host drops the SYN as NO_SOCKET, a transmit drop of the pod). Few
+# packets, so cache-0's UDP echo of 50 packets/s stays within the rate test's tolerance, and
+# few failures: the connect failure ratio stays under PodsnoopTcpConnectFailuresHigh's.
+PROBE_TICK, CONNECT_EVERY, FAIL_EVERY = 0.2, 10, 50
+EXECS_PER_SECOND = 1 / PROBE_TICK
+CONNECTS_PER_SECOND = 2 / (CONNECT_EVERY * PROBE_TICK)        # established
+CONNECT_FAILURES_PER_SECOND = 1 / (FAIL_EVERY * PROBE_TICK)
+PROBES = f"""\
+import os, socket, sys, time
+connects = len(sys.argv) == 5
+if connects:
+    host, ok, lossy, closed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+
+def connect(port, data=b''):
+    try:
+        with socket.create_connection((host, port), timeout=3) as s:
+            if data:
+                s.sendall(data)
+    except OSError:
+        pass
+
+t, n = time.monotonic(), 0
+while True:
+    pid = os.fork()   # not posix_spawn: glibc's resets every signal, 128 extra syscalls
+    if pid == 0:
+        os.execv('/bin/true', ['true'])
+    os.waitpid(pid, 0)
+    if connects and n % {CONNECT_EVERY} == 0:
+        connect(ok)
+        connect(lossy, b'r' * 100)
+    if connects and n % {FAIL_EVERY} == {FAIL_EVERY // 2}:
+        connect(closed)
+    n += 1
+    t += {PROBE_TICK}
+    time.sleep(max(0.0, t - time.monotonic()))
+"""
+# On the host, for every pod: the probes' listeners (accept and drain), a port bound but
+# never listening (connects to it are refused) and, every RECEIVE_DROP_PERIOD s, a UDP
+# datagram to each pod's port 9, where nothing listens (a receive NO_SOCKET drop of the pod).
+RECEIVE_DROP_PERIOD = 2
+PROBE_HOST = f"""\
+import socket, sys, threading, time
+pod_ips = sys.argv[1:]
+ok, lossy, closed = socket.socket(), socket.socket(), socket.socket()
+for s in (ok, lossy, closed):
+    s.bind(('0.0.0.0', 0))
+ok.listen(64)
+lossy.listen(64)
+print(ok.getsockname()[1], lossy.getsockname()[1], closed.getsockname()[1], flush=True)
+def drain(c):
+    with c:
+        while c.recv(65536):
+            pass
+def accept(srv):
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=drain, args=(c,), daemon=True).start()
+for srv in (ok, lossy):
+    threading.Thread(target=accept, args=(srv,), daemon=True).start()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t = time.monotonic()
+while True:
+    for ip in pod_ips:
+        u.sendto(b'd', (ip, 9))
+    t += {RECEIVE_DROP_PERIOD}
+    time.sleep(max(0.0, t - time.monotonic()))
+"""
+LOSS_PCT = 50         # of the data segments pods send to PROBE_HOST's lossy listener
+IMPAIR_PRIO, IMPAIR_HANDLE = 1, 0x1A1   # in front of podsnoop's TC filter (priority 50000)
 
 
 class DemoStack:
@@ -162,7 +239,7 @@ class DemoStack:
         from prometheus_server import PrometheusServer
         from exporter.exporterproc import ExporterProcess
         from exporter.testapiserver import KubeApiServer
-        from exporter.testpods import PodFactory
+        from exporter.testpods import PodFactory, sh
 
         s = self._stack
         self.api = s.enter_context(KubeApiServer())
@@ -173,18 +250,83 @@ class DemoStack:
             self.api.add_pod(name, ns, NODE, uid=pod.uid, labels={"app": app},
                              containers={c.name: c.id for c in pod.containers.values()})
             self.pods[(ns, name)] = pod
+            # ping through an ICMP datagram socket (container runtimes commonly allow these
+            # for pods with this sysctl): with a raw socket, ping makes one receive drop per
+            # echo reply (README, Drops), 5/s that would swamp the probes' few deliberate
+            # drops and make PodsnoopPodReceiveDropsHigh go pending.
+            sh(f"ip netns exec {pod.netns} sysctl -qw net.ipv4.ping_group_range='0 2147483647'")
             for cname, (traffic, (ok, bad)) in containers.items():
                 self.containers.add((ns, name, cname))
                 pod.run(["python3", "-c", SYSCALL_LOOP, str(ok), str(bad)], container=cname)
                 pod.run(self._traffic(pod, traffic), container=cname)
+        ports = self._probe_host()
+        for pod in self.pods.values():
+            for i, cname in enumerate(pod.containers):
+                pod.run(["python3", "-c", PROBES, *((pod.host_ip, *ports) if i == 0 else ())],
+                        container=cname)
         self.exporter = ExporterProcess(
             "--kube", "auto", "--kubeconfig", str(self.api.kubeconfig_path),
             "--node-name", NODE, "--pod-labels", "app",
-            "--interfaces", rf"{self.factory.tag}h\d+", *self.exporter_args)
+            "--interfaces", rf"{self.factory.tag}h\d+",
+            # only this stack's pods (not other test runs' kubepods trees on this machine)
+            "--kubepods-root", str(self.factory.kubepods),
+            "--container-network", "on", *self.exporter_args)
         s.callback(self._stop_exporter)
-        self.exporter.start()
+        self.exporter.start(wait_ready=0)
+        impair = self._impair_program(int(ports[1]))   # compiles while the exporter does
+        self.exporter.wait_ready(60)
+        self._impair(impair)
         self.prom = s.enter_context(PrometheusServer([f"127.0.0.1:{self.exporter.port}"]))
         self.started = time.time()
+
+    def _probe_host(self) -> list[str]:
+        """Start PROBE_HOST; its ports: listening, lossy listening, refusing."""
+        host = subprocess.Popen([sys.executable, "-c", PROBE_HOST,
+                                 *(p.pod_ip for p in self.pods.values())],
+                                stdout=subprocess.PIPE, text=True)
+        self.sinks.append(host)
+        ports = host.stdout.readline().split()
+        if len(ports) != 3:
+            raise RuntimeError(f"the host side of the probes did not start (exit {host.poll()})")
+        return ports
+
+    def _impair_program(self, port: int):
+        """bpf/testing/impair.c (this kernel has no netem), set to drop LOSS_PCT % of the data
+        segments pods send to `port`."""
+        from exporter import bpfload
+
+        bpf = bpfload.compile_program("testing/impair", [])
+        self._stack.callback(bpf.cleanup)
+        cfg = bpf[b"impair_cfg"]
+        cfg[cfg.Key(0)] = cfg.Leaf(socket.IPPROTO_TCP, port, 0, LOSS_PCT, 0, 0)
+        return bpf
+
+    def _impair(self, bpf) -> None:
+        """The impairment on every pod's host veth (packets leaving the pod), in front of
+        podsnoop's filter."""
+        from pyroute2 import IPRoute
+        from exporter.tc import TC_H_INGRESS
+
+        fn = bpf.load_func(b"impair", bpf.SCHED_CLS)
+        with IPRoute() as ipr:
+            for pod in self.pods.values():
+                idx = pod.host_ifindex()
+                with contextlib.suppress(Exception):   # podsnoop made it already
+                    ipr.tc("add", "clsact", idx)
+                ipr.tc("add-filter", "bpf", idx, IMPAIR_HANDLE, fd=fn.fd, name="impair",
+                       parent=TC_H_INGRESS, classid=1, direct_action=True, prio=IMPAIR_PRIO)
+        self._stack.callback(self._unimpair, [p.host_ifindex() for p in self.pods.values()])
+
+    @staticmethod
+    def _unimpair(indexes: list[int]) -> None:
+        from pyroute2 import IPRoute
+        from exporter.tc import TC_H_INGRESS
+
+        with IPRoute() as ipr:
+            for idx in indexes:
+                with contextlib.suppress(Exception):   # the veth may be gone already
+                    ipr.tc("del-filter", "bpf", idx, IMPAIR_HANDLE, parent=TC_H_INGRESS,
+                           prio=IMPAIR_PRIO)
 
     def _traffic(self, pod, kind: str) -> list[str]:
         if kind == "ping":
@@ -221,16 +363,19 @@ class DemoStack:
         return f"127.0.0.1:{self.exporter.port}"
 
     def stalled(self, window: str = "15s") -> list[str]:
-        """Pods whose network traffic or containers whose syscalls Prometheus saw stop over
-        the last `window` (empty: all flowing). On a shared machine, worth checking before
-        a picture is trusted."""
+        """Pods whose network traffic or TCP connects, or containers whose syscalls or
+        execs Prometheus saw stop over the last `window` (empty: all flowing). On a shared
+        machine, worth checking before a picture is trusted."""
         ns = "|".join(NAMESPACES)
         problems = []
         for metric, keys, want in (
                 ("podsnoop_network_receive_bytes_total", ("namespace", "pod"), set(self.pods)),
                 ("podsnoop_network_transmit_bytes_total", ("namespace", "pod"), set(self.pods)),
                 ("podsnoop_syscalls_total", ("namespace", "pod", "container"),
-                 self.containers)):
+                 self.containers),
+                ("podsnoop_exec_total", ("namespace", "pod", "container"), self.containers),
+                ("podsnoop_tcp_connect_duration_seconds_count", ("namespace", "pod"),
+                 set(self.pods))):
             expr = (f'sum by ({", ".join(keys)}) (rate({metric}{{namespace=~"{ns}"}}'
                     f'[{window}])) > 0')
             got = {tuple(r["metric"].get(k, "") for k in keys) for r in self.prom.result(expr)}
@@ -240,7 +385,9 @@ class DemoStack:
 
     def wait_for_data(self, min_scrapes: int = 15, timeout: float = 90) -> None:
         """Until Prometheus has scraped the exporter `min_scrapes` times in the last minute
-        and every demo pod and container has a non-zero network and syscall rate."""
+        and every demo pod and container has a non-zero rate of everything the workload
+        makes: network and container network traffic, syscalls, execs, TCP connects,
+        connect failures, retransmits, and drops in both directions."""
         prom = self.prom
         prom.wait_for(lambda: (prom.value(f'count_over_time(up{{job="podsnoop"}}[1m])')
                                or 0) >= min_scrapes and prom.value('min(up{job="podsnoop"})') == 1,
@@ -257,11 +404,23 @@ class DemoStack:
             prom.wait_for(lambda m=metric: have(
                 f'sum by (namespace, pod) (rate({m}{{namespace=~"{ns}"}}[1m])) > 0',
                 ("namespace", "pod"), pods), timeout=timeout, what=f"{metric} of every pod")
-        for metric in ("podsnoop_syscalls_total", "podsnoop_syscall_duration_seconds_count"):
+        for metric in ("podsnoop_syscalls_total", "podsnoop_syscall_duration_seconds_count",
+                       "podsnoop_exec_total", "podsnoop_container_network_receive_bytes_total",
+                       "podsnoop_container_network_transmit_bytes_total"):
             prom.wait_for(lambda m=metric: have(
                 f'sum by (namespace, pod, container) (rate({m}{{namespace=~"{ns}"}}[1m])) > 0',
                 ("namespace", "pod", "container"), self.containers),
                 timeout=timeout, what=f"{metric} of every container")
+        for metric in ("podsnoop_tcp_connect_duration_seconds_count",
+                       "podsnoop_tcp_connect_failures_total", "podsnoop_tcp_retransmits_total"):
+            prom.wait_for(lambda m=metric: have(
+                f'sum by (namespace, pod) (rate({m}{{namespace=~"{ns}"}}[1m])) > 0',
+                ("namespace", "pod"), pods), timeout=timeout, what=f"{metric} of every pod")
+        prom.wait_for(lambda: have(
+            f'sum by (namespace, pod, direction) (rate(podsnoop_network_drops_total'
+            f'{{namespace=~"{ns}"}}[1m])) > 0', ("namespace", "pod", "direction"),
+            {(*p, d) for p in pods for d in ("receive", "transmit")}),
+            timeout=timeout, what="podsnoop_network_drops_total of every pod, both directions")
 
 
 # --------------------------------------------------------------------------- querying

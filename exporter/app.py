@@ -14,10 +14,18 @@ from pyroute2 import AsyncIPRoute
 
 from . import __version__, bpfload, names
 from .cgroups import CgroupError, CgroupResolver, find_cgroup2_mount
+from .collectors.container_net import ContainerNetworkCollector
+from .collectors.container_net import load_programs as load_container_net_programs
+from .collectors.drops import DropCollector, PodInterfaces
+from .collectors.drops import load_programs as load_drop_programs
+from .collectors.exec import ExecCollector, ExecLog, ExecLogEndpoint
+from .collectors.exec import load_programs as load_exec_programs
 from .collectors.network import NetworkCollector
 from .collectors.pods import PodCollector
 from .collectors.scrape import ScrapeCollector
 from .collectors.syscalls import SyscallCollector
+from .collectors.tcp import TcpCollector
+from .collectors.tcp import load_programs as load_tcp_programs
 from .kuberoots import RootSync, choose_level
 from .config import Config
 from .errors import PodsnoopError
@@ -41,17 +49,24 @@ class BuildInfo:
         yield g
 
 
-async def start_server(cfg: Config, registry, health: Health) -> web.AppRunner:
-    runner = web.AppRunner(make_app(registry, health), access_log=None)
+async def start_server(cfg: Config, registry, health: Health,
+                       routes: dict | None = None) -> web.AppRunner:
+    app = make_app(registry, health)
+    for path, handler in (routes or {}).items():  # e.g. /execs
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, cfg.host, cfg.port).start()
-    except OSError as e:
+    except (OSError, UnicodeError) as e:   # getaddrinfo: UnicodeError for a bad name
         await runner.cleanup()
-        why = "the port is in use" if e.errno == errno.EADDRINUSE else e.strerror
-        raise PodsnoopError(f"cannot listen on {cfg.host}:{cfg.port}: {why}",
-                            "stop the other process or choose another --listen HOST:PORT"
-                            ) from None
+        if getattr(e, "errno", None) == errno.EADDRINUSE:
+            why, fix = "the port is in use", ("stop the other process or choose another "
+                                              "--listen HOST:PORT")
+        else:
+            why = getattr(e, "strerror", None) or str(e)
+            fix = "choose a --listen HOST:PORT with an address of this node (or 0.0.0.0)"
+        raise PodsnoopError(f"cannot listen on {cfg.host}:{cfg.port}: {why}", fix) from None
     return runner
 
 
@@ -72,8 +87,24 @@ def load_syscall_programs(cfg: Config, resolver):
     level = choose_level(resolver)
     bpf = bpfload.compile_program("syscalls", bpfload.defines(
         FILTER_PODS=int(cfg.syscall_scope == "pods"), KUBEPODS_LEVEL=level, LATENCY=1,
-        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES))
+        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES)
+        + [f"-I{bpfload.BPF_DIR}"])  # bpf/podfilter.h
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
+
+
+FEATURE_SYNC_SECONDS = 1.0
+
+
+async def sync_feature_maps(syncs: list) -> None:
+    """Keep the feature programs' filter maps (kubepods roots, pod interfaces) current:
+    cheap (no cgroup walk), so once a second."""
+    while True:
+        for sync in syncs:
+            try:
+                sync.sync()
+            except Exception:
+                log.exception("syncing a feature map failed")
+        await asyncio.sleep(FEATURE_SYNC_SECONDS)
 
 
 async def housekeeping(resolver, root_sync: RootSync | None, pod_index, links) -> None:
@@ -131,10 +162,12 @@ def make_resolver(cfg: Config) -> CgroupResolver:
 
 
 async def run(cfg: Config) -> int:
-    bpfload.preflight(need_tracefs=cfg.syscalls)
+    bpfload.preflight(need_tracefs=cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops)
     health = Health()
     registry = CollectorRegistry(auto_describe=True)
-    runner = await start_server(cfg, registry, health)  # fail fast if the port is taken
+    execs = ExecLogEndpoint()
+    # fail fast if the port is taken
+    runner = await start_server(cfg, registry, health, {"/execs": execs})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -143,6 +176,8 @@ async def run(cfg: Config) -> int:
     syscalls_bpf = None
     watcher = None
     tasks: list[asyncio.Task] = []
+    cleanups: list = []  # the feature programs' cleanups, run last-first
+    syncs: list = []     # their filter maps, kept current by sync_feature_maps
     try:
         resolver = make_resolver(cfg)
         net, programs = load_network_programs(cfg)
@@ -151,7 +186,8 @@ async def run(cfg: Config) -> int:
         collectors = {}
         if watcher is not None:
             collectors["kube"] = PodCollector(pod_index, watcher, cfg.pod_labels)
-            health.checks["kube"] = lambda: None if watcher.state == "synced" else watcher.state
+            health.checks["kube"] = lambda: (None if watcher.state == "synced" else
+                                             watcher.state.removeprefix("degraded: "))
         root_sync = None
         if cfg.syscalls:
             syscalls_bpf, root_sync = load_syscall_programs(cfg, resolver)
@@ -159,16 +195,49 @@ async def run(cfg: Config) -> int:
             collectors["syscalls"] = SyscallCollector(
                 syscalls_bpf, resolver, labeler, cfg.grace_seconds, top=cfg.syscall_top,
                 allowlist=cfg.syscall_allowlist, series_cap=cfg.syscall_series_cap)
+        if cfg.exec:
+            exec_bpf, exec_sync = load_exec_programs(cfg, resolver)
+            cleanups.append(exec_bpf.cleanup)
+            exec_sync.sync()
+            syncs.append(exec_sync)
+            collectors["exec"] = ExecCollector(exec_bpf, resolver, labeler, cfg.grace_seconds,
+                                               top=cfg.exec_top, series_cap=cfg.exec_series_cap)
+            if cfg.exec_log:
+                execs.log = collectors["exec"].log = ExecLog(
+                    exec_bpf, resolver, labeler, cfg.exec_log, cfg.grace_seconds).start()
+                cleanups.append(execs.log.stop)
+        if cfg.tcp:
+            tcp_bpf, tcp_sync = load_tcp_programs(cfg, resolver)
+            cleanups.append(tcp_bpf.cleanup)
+            tcp_sync.sync()
+            syncs.append(tcp_sync)
+            collectors["tcp"] = TcpCollector(tcp_bpf, resolver, labeler, cfg.grace_seconds)
+        if cfg.container_network:
+            cnet_bpf, cnet_links = load_container_net_programs(cfg, resolver)
+            cleanups.append(cnet_bpf.cleanup)
+            cleanups.append(cnet_links.close)  # links closed before the programs go
+            syncs.append(cnet_links)
+            collectors["container_network"] = ContainerNetworkCollector(
+                cnet_bpf, resolver, labeler, cfg.grace_seconds)
+        drops_bpf = None
+        if cfg.drops:
+            drops_bpf = load_drop_programs(cfg)
+            cleanups.append(drops_bpf.cleanup)
         async with AsyncIPRoute() as ipr:
             attacher = TcAttacher(ipr, programs, cfg.tc_priority)
             links = LinkManager(attacher, PodNetnsIndex(ipr, resolver), cfg.interfaces)
             network = NetworkCollector(net, links, labeler, cfg.grace_seconds)
             links.on_removed = network.retire
+            if drops_bpf is not None:
+                syncs.append(PodInterfaces(drops_bpf["pod_ifindexes"], links))
+                collectors["drops"] = DropCollector(drops_bpf, links, resolver, labeler,
+                                                    cfg.grace_seconds)
             registry.register(ScrapeCollector({"network": network, **collectors}))
             registry.register(BuildInfo())
             release_compiler_memory()  # every program is compiled by now
             await links.start()
             tasks.append(asyncio.create_task(housekeeping(resolver, root_sync, pod_index, links)))
+            tasks.append(asyncio.create_task(sync_feature_maps(syncs)))
             health.attached = True
             log.info("ready: %d pod interfaces, serving on %s:%d",
                      sum(link.attached for link in links.links.values()), cfg.host, cfg.port)
@@ -186,5 +255,10 @@ async def run(cfg: Config) -> int:
             await links.stop()
         if syscalls_bpf is not None:
             syscalls_bpf.cleanup()  # detaches the tracepoints
+        for cleanup in reversed(cleanups):
+            try:
+                cleanup()
+            except Exception:
+                log.exception("cleaning up failed")
         await runner.cleanup()
     return 0

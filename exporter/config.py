@@ -63,13 +63,32 @@ class Config:
     syscall_map_entries: int
     pod_labels: tuple[str, ...]
     kubepods_root: str | None
+    # Issue 7 features; defaults here too, so a Config built without them keeps working.
+    exec: bool = True
+    exec_top: int = 10
+    exec_series_cap: int = 10000
+    exec_map_entries: int = 16384
+    exec_log: int = 0
+    tcp: bool = True
+    tcp_map_entries: int = 65536
+    drops: bool = True
+    drop_not_specified: bool = True
+    drop_map_entries: int = 16384
+    container_network: bool = False
+    container_net_map_entries: int = 16384
 
 
 def listen_address(value: str) -> tuple[str, int]:
     m = re.fullmatch(r"\[?([^\]]*?)\]?:(\d+)", value.strip())
     if not m or not 0 <= int(m.group(2)) < 65536:
         raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:{DEFAULT_PORT})")
-    return (m.group(1) or "0.0.0.0", int(m.group(2)))
+    host = m.group(1) or "0.0.0.0"
+    try:
+        host.encode("idna")   # what getaddrinfo does; a bad name raises UnicodeError there
+    except UnicodeError as e:
+        raise argparse.ArgumentTypeError(f"{value!r}: {host!r} is not a valid host name "
+                                         f"({e})") from None
+    return (host, int(m.group(2)))
 
 
 def regex(value: str) -> str:
@@ -143,7 +162,56 @@ FLAGS = [
      "node-wide cap on named syscall series; beyond it syscalls fold into \"other\"", {}),
     ("--syscall-map-entries", "PODSNOOP_SYSCALL_MAP_ENTRIES", "65536", bounded_int(64, 1 << 22),
      "capacity of the syscall counter map (one entry per cgroup and syscall)", {}),
+    ("--exec", "PODSNOOP_EXEC", "on", on_off,
+     "per-container exec counts by program name (sched_process_exec; off: not loaded)", {}),
+    ("--exec-top", "PODSNOOP_EXEC_TOP", "10", bounded_int(0, 500),
+     "named comm series per container; the rest is comm=\"other\"", {}),
+    ("--exec-series-cap", "PODSNOOP_EXEC_SERIES_CAP", "10000", bounded_int(0, 10**7),
+     "node-wide cap on named exec series; beyond it comms fold into \"other\"", {}),
+    ("--exec-map-entries", "PODSNOOP_EXEC_MAP_ENTRIES", "16384", bounded_int(64, 1 << 22),
+     "capacity of the exec counter map (one entry per cgroup and comm)", {}),
+    ("--exec-log", "PODSNOOP_EXEC_LOG", "0", bounded_int(0, 10000),
+     "recent execs kept per pod and served at /execs as JSON lines, for auditing "
+     "kubectl exec (0: off, no event stream)", {}),
+    ("--tcp", "PODSNOOP_TCP", "on", on_off,
+     "per-pod TCP connect latency, connect failures and retransmits (inet_sock_set_state, "
+     "tcp_retransmit_skb; off: not loaded)", {}),
+    ("--tcp-map-entries", "PODSNOOP_TCP_MAP_ENTRIES", "65536", bounded_int(64, 1 << 22),
+     "capacity of the map of connects in progress (one entry per SYN_SENT socket)", {}),
+    ("--drops", "PODSNOOP_DROPS", "on", on_off,
+     "per-pod packet drops by the kernel's drop reason (skb:kfree_skb; off: not loaded)", {}),
+    ("--drop-not-specified", "PODSNOOP_DROP_NOT_SPECIFIED", "on", on_off,
+     "also count drops the kernel gives no reason for (reason=\"NOT_SPECIFIED\")", {}),
+    ("--drop-map-entries", "PODSNOOP_DROP_MAP_ENTRIES", "16384", bounded_int(64, 1 << 22),
+     "capacity of the drop counter map (one entry per place, direction and reason)", {}),
+    ("--container-network", "PODSNOOP_CONTAINER_NETWORK", "off", on_off,
+     "per-container bytes and packets of the containers' sockets (cgroup_skb programs on "
+     "the kubepods roots; off: not loaded)", {}),
+    ("--container-net-map-entries", "PODSNOOP_CONTAINER_NET_MAP_ENTRIES", "16384",
+     bounded_int(64, 1 << 22),
+     "capacity of the per-container network map (two entries per container cgroup)", {}),
 ]
+
+
+class EnvValue(str):
+    """A default that came from an environment variable: errors name the variable."""
+
+    def __new__(cls, value: str, env: str):
+        obj = super().__new__(cls, value)
+        obj.env = env
+        return obj
+
+
+def _naming_env(kind):
+    def parse(value):
+        try:
+            return kind(value)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            if isinstance(value, EnvValue):
+                raise argparse.ArgumentTypeError(f"{value.env}={str(value)!r}: {e}") from None
+            raise
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -153,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
                     "statistics. Every flag can also be set by the environment variable "
                     "shown; the flag wins.")
     for flag, env, default, kind, text, extra in FLAGS:
-        p.add_argument(flag, default=os.environ.get(env, default), type=kind,
+        value = EnvValue(os.environ[env], env) if env in os.environ else default
+        p.add_argument(flag, default=value, type=_naming_env(kind),
                        help=f"{text} [env {env}; default {default}]", **extra)
     p.add_argument("--version", action="version", version=f"podsnoop {__version__}")
     return p
@@ -175,4 +244,10 @@ def parse(argv: list[str] | None = None) -> Config:
                   syscall_allowlist=a.syscall_allowlist,
                   syscall_series_cap=a.syscall_series_cap,
                   syscall_map_entries=a.syscall_map_entries, pod_labels=a.pod_labels,
-                  kubepods_root=a.kubepods_root)
+                  kubepods_root=a.kubepods_root, exec=a.exec, exec_top=a.exec_top,
+                  exec_series_cap=a.exec_series_cap, exec_map_entries=a.exec_map_entries,
+                  exec_log=a.exec_log, tcp=a.tcp, tcp_map_entries=a.tcp_map_entries,
+                  drops=a.drops, drop_not_specified=a.drop_not_specified,
+                  drop_map_entries=a.drop_map_entries,
+                  container_network=a.container_network,
+                  container_net_map_entries=a.container_net_map_entries)

@@ -3,17 +3,16 @@
 prometheus-client's generate_latest validates and escapes every label name and value of
 every sample on every scrape; at a few thousand samples that was half of a scrape's time.
 Here a sample's label set is rendered to text once and cached: pods and containers change
-rarely, so almost every scrape hits the cache. The cache is bounded (cleared when full)
-so pod churn cannot grow it without limit.
+rarely, so almost every scrape hits the cache. The cache holds the label sets of the last
+render only, so those of deleted pods' series leave it: pod churn cannot grow it.
 """
 from __future__ import annotations
 
 import math
 
-LABEL_CACHE_MAX = 200_000
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_label_text: dict[tuple, str] = {}
+_label_text: dict[tuple, str] = {}   # label set -> text, as of the last render
 _TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram",
           "summary": "summary", "info": "gauge", "stateset": "gauge", "unknown": "untyped",
           "gaugehistogram": "histogram"}
@@ -23,14 +22,13 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(labels: dict) -> str:
+def _labels(labels: dict, previous: dict, current: dict) -> str:
     key = tuple(labels.items())
-    text = _label_text.get(key)
+    text = previous.get(key)
     if text is None:
-        if len(_label_text) >= LABEL_CACHE_MAX:
-            _label_text.clear()
-        text = _label_text[key] = (
-            "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in key) + "}" if key else "")
+        text = ("{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in key) + "}"
+                if key else "")
+    current[key] = text
     return text
 
 
@@ -45,6 +43,9 @@ def _value(v) -> str:
 
 
 def render(registry) -> bytes:
+    """One render at a time (server.MetricsHandler shares the one in flight)."""
+    global _label_text
+    previous, current = _label_text, {}
     out: list[str] = []
     append = out.append
     for family in registry.collect():
@@ -54,5 +55,6 @@ def render(registry) -> bytes:
         for s in family.samples:
             if s.name.endswith("_created"):
                 continue
-            append(f"{s.name}{_labels(s.labels)} {_value(s.value)}\n")
+            append(f"{s.name}{_labels(s.labels, previous, current)} {_value(s.value)}\n")
+    _label_text = current
     return "".join(out).encode()

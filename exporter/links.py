@@ -131,6 +131,8 @@ class LinkManager:
         link = self.links.pop(index, None)
         if link is not None:
             log.info("%s (ifindex %d) is gone", link.name, index)
+            if all(other.netnsid != link.netnsid for other in self.links.values()):
+                self.netns_index.forget(link.netnsid)
             self.on_removed(link)
 
     async def _follow_events(self) -> None:
@@ -161,10 +163,12 @@ class LinkManager:
         while True:
             await asyncio.sleep(UNRESOLVED_RETRY_SECONDS)
             waited += UNRESOLVED_RETRY_SECONDS
-            if self._new_link_seen:
-                self._new_link_seen, delay = False, UNRESOLVED_RETRY_SECONDS
+            new_link, self._new_link_seen = self._new_link_seen, False
+            if new_link:
+                delay = UNRESOLVED_RETRY_SECONDS
             unresolved = sum(1 for link in self.links.values() if not link.pod_uid)
-            if not unresolved or waited < delay:
+            # A new link resolved from the map is checked once too: the map may predate it.
+            if not (unresolved or new_link) or (waited < delay and not new_link):
                 continue
             waited = 0.0
             try:
@@ -173,7 +177,6 @@ class LinkManager:
                 log.exception("refreshing the pod network namespaces failed")
                 continue
             for link in self.links.values():
-                if not link.pod_uid:
-                    link.pod_uid = self.netns_index.pod_uid(link.netnsid)
+                link.pod_uid = self.netns_index.pod_uid(link.netnsid) or link.pod_uid
             still = sum(1 for link in self.links.values() if not link.pod_uid)
             delay = delay if still < unresolved else min(delay * 2, MAX_RETRY_SECONDS)

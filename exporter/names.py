@@ -35,6 +35,30 @@ SYSCALL_ERRORS = "podsnoop_syscall_errors"
 SYSCALL_DURATION = "podsnoop_syscall_duration_seconds"
 SYSCALL_LABELS = CONTAINER_LABELS + ("syscall",)
 
+# Execs (sched:sched_process_exec keyed by cgroup id). comm is the new program's name as the
+# kernel sets it (basename of the file, at most 15 bytes); top N per container + "other".
+EXECS = "podsnoop_exec"                          # _total added by the client
+EXEC_LABELS = CONTAINER_LABELS + ("comm",)
+EXEC_EVENTS_DROPPED = "podsnoop_exec_events_dropped"  # recent-exec log: events the ring lost
+
+# TCP (sock:inet_sock_set_state, tcp:tcp_retransmit_skb), per pod.
+TCP_CONNECT_DURATION = "podsnoop_tcp_connect_duration_seconds"  # SYN_SENT -> ESTABLISHED
+TCP_CONNECT_FAILURES = "podsnoop_tcp_connect_failures"          # SYN_SENT -> CLOSE
+TCP_RETRANSMITS = "podsnoop_tcp_retransmits"
+TCP_LABELS = POD_LABELS
+
+# Drops (skb:kfree_skb) of pod packets; reason is the kernel's skb_drop_reason name without
+# its SKB_DROP_REASON_ prefix (e.g. NO_SOCKET), direction is DROP_DIRECTIONS[dir].
+NET_DROP_LABELS = POD_LABELS + ("direction", "reason")
+DROP_DIRECTIONS = ("receive", "transmit")  # indexed by DIR_RECEIVE / DIR_TRANSMIT
+
+# Per-container network (cgroup_skb programs: L3 packets of the container's sockets).
+CONTAINER_NET_RECEIVE_BYTES = "podsnoop_container_network_receive_bytes"
+CONTAINER_NET_TRANSMIT_BYTES = "podsnoop_container_network_transmit_bytes"
+CONTAINER_NET_RECEIVE_PACKETS = "podsnoop_container_network_receive_packets"
+CONTAINER_NET_TRANSMIT_PACKETS = "podsnoop_container_network_transmit_packets"
+CONTAINER_NET_LABELS = CONTAINER_LABELS
+
 # Pod metadata to join on (kube-state-metrics' kube_pod_labels pattern).
 POD_INFO = "podsnoop_pod_info"
 

@@ -43,6 +43,12 @@ class PodNetnsIndex:
     def pod_uid(self, nsid: int | None) -> str:
         return self._by_nsid.get(nsid, "") if nsid is not None else ""
 
+    def forget(self, nsid: int | None) -> None:
+        """A pod veth with this peer netnsid is gone. The kernel gives a destroyed
+        namespace's id to the next namespace that needs one, so a kept entry would hand
+        the next pod's veth this pod's UID."""
+        self._by_nsid.pop(nsid, None)
+
     async def refresh(self, force: bool = False) -> bool:
         """Rebuild the map (rate-limited unless forced). Returns whether it ran."""
         now = self.clock()

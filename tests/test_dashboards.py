@@ -314,6 +314,31 @@ def _openmetrics(end: int) -> str:
         hist.append((names.SYSCALL_DURATION + "_sum", ctr(*c), (lambda i: 0.3 * STEP * i)))
     family(names.SYSCALL_DURATION, "histogram", hist)
 
+    # Execs, TCP, per-container network.
+    counter(names.EXECS, [(ctr(*c, **{q.COMM: comm}), 2) for c in containers
+                          for comm in ("sh", "curl")])
+    tcp_hist = []
+    for ns, p in pods[:2]:
+        cumulative = 0
+        for le in ("0.001", "0.01", "0.1", "1.0"):
+            cumulative += 5
+            tcp_hist.append((names.TCP_CONNECT_DURATION + "_bucket", pod(ns, p, le=le),
+                             (lambda i, n=cumulative: n * STEP * i)))
+        for suffix in ("_bucket", "_count"):
+            extra = {"le": "+Inf"} if suffix == "_bucket" else {}
+            tcp_hist.append((names.TCP_CONNECT_DURATION + suffix, pod(ns, p, **extra),
+                             (lambda i, n=cumulative: n * STEP * i)))
+        tcp_hist.append((names.TCP_CONNECT_DURATION + "_sum", pod(ns, p),
+                         (lambda i: 0.5 * STEP * i)))
+    family(names.TCP_CONNECT_DURATION, "histogram", tcp_hist)
+    counter(names.TCP_CONNECT_FAILURES, [(pod(ns, p), 1) for ns, p in pods[:2]])
+    counter(names.TCP_RETRANSMITS, [(pod(ns, p), 3) for ns, p in pods[:2]])
+    for base, scale in ((names.CONTAINER_NET_RECEIVE_BYTES, 900),
+                        (names.CONTAINER_NET_TRANSMIT_BYTES, 600),
+                        (names.CONTAINER_NET_RECEIVE_PACKETS, 9),
+                        (names.CONTAINER_NET_TRANSMIT_PACKETS, 6)):
+        counter(base, [(ctr(*c), scale) for c in containers])
+
     family(q.POD_INFO, "gauge", [(q.POD_INFO, pod(ns, p, node="node-a"), 1)
                                  for ns, p in pods[:2]])
     family(q.ATTACHED_INTERFACES, "gauge", [(q.ATTACHED_INTERFACES, {}, 2)])

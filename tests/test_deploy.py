@@ -180,7 +180,7 @@ def test_daemonset_image_and_resources():
     assert kust["images"] == [{"name": "podsnoop", "newName": "podsnoop", "newTag": VERSION}]
 
 
-ADDED_CAPS = {"BPF", "PERFMON", "NET_ADMIN"}
+ADDED_CAPS = {"BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"}
 
 
 def test_daemonset_capabilities_are_narrow_and_documented():

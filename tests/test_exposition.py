@@ -38,8 +38,21 @@ def test_same_families_samples_and_escapes_as_prometheus_client():
     assert exposition.render(registry).decode() == ours  # cached label text: same output
 
 
-def test_label_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(exposition, "LABEL_CACHE_MAX", 10)
+def test_label_cache_keeps_only_the_last_renders_label_sets():
+    """Pod churn must not grow the cache: label sets of gone series leave it."""
+    class OnePod:
+        def __init__(self):
+            self.pod = "0"
+
+        def collect(self):
+            g = GaugeMetricFamily("podsnoop_g", "g", labels=["pod"])
+            g.add_metric([self.pod], 1)
+            yield g
+
+    source = OnePod()
+    registry = CollectorRegistry()
+    registry.register(source)
     for i in range(50):
-        exposition._labels({"pod": str(i)})
-    assert len(exposition._label_text) <= 10
+        source.pod = str(i)
+        assert f'pod="{i}"' in exposition.render(registry).decode()
+    assert list(exposition._label_text) == [(("pod", "49"),)]

@@ -33,8 +33,17 @@ def wait_for(cond, timeout=10.0, interval=0.05, what="condition"):
 
 
 def snapshot(exporter, pod):
-    """Exported counters and the veth's own counters, read back to back on a quiet link."""
-    m = exporter.metrics()
+    """Exported counters and the veth's own counters, read on a quiet link: the kernel's
+    counters must not move while /metrics is read (background packets such as IPv6
+    neighbour discovery can arrive at any time), else read again."""
+    for _ in range(20):
+        before = pod.host_stats()
+        m = exporter.metrics()
+        if pod.host_stats() == before:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"{pod.host_if} never went quiet for a snapshot")
     exported = {k: m.value(name, interface=pod.host_if) for k, (name, _) in NET_METRICS.items()}
     by_proto = {(d, p): m.value(names.NET_RECEIVE_PACKETS + "_total" if d == "rx"
                                 else names.NET_TRANSMIT_PACKETS + "_total",
@@ -44,7 +53,7 @@ def snapshot(exporter, pod):
                                       else names.NET_TRANSMIT_BYTES + "_total",
                                       interface=pod.host_if, protocol=p)
                       for d in ("rx", "tx") for p in names.PROTOCOLS}
-    return exported, pod.host_stats(), by_proto, by_proto_bytes
+    return exported, before, by_proto, by_proto_bytes
 
 
 def deltas(before, after):

@@ -3,6 +3,12 @@ labels them from the (test) Kubernetes API, Debian's Prometheus scrapes it every
 the alert rules loaded, and every dashboard query, template variable and alert expression
 runs on what it scraped. The set-up (3 pods, 4 containers, their traffic and syscall
 loops) is dashboards/render.py's DemoStack, the one the pictures in docs/ are drawn from.
+The exporter runs with --container-network on, and the workload keeps every panel fed while
+it runs: every container execs /bin/true 5 times a second; every pod connects to a listener
+on the host, gets a connect refused now and then (a connect failure, and a NO_SOCKET drop
+of the SYN on the host), sends data the demo partly drops (bpf/testing/impair.c on the
+pod's host veth: TC_INGRESS drops, and retransmits), and receives UDP on a closed port
+(NO_SOCKET receive drops). No panel is known to be empty.
 
 Windows: panels use $__rate_interval, which gen.substitute() turns into 1m (and $__range into
 1h), exactly as the dashboards are tested elsewhere. rate() over 1m needs only two samples in
@@ -30,24 +36,22 @@ sys.path.insert(0, str(ROOT))
 from dashboards import generate as gen  # noqa: E402
 from dashboards import promql as q  # noqa: E402
 from dashboards import render  # noqa: E402
-from dashboards.render import NAMESPACES, PODS, DemoStack  # noqa: E402
+from dashboards.generate import TCP_CONNECT_FAILURE_RATIO_THRESHOLD  # noqa: E402
+from dashboards.render import (  # noqa: E402
+    CONNECT_FAILURES_PER_SECOND, CONNECTS_PER_SECOND, EXECS_PER_SECOND, NAMESPACES, PODS,
+    RECEIVE_DROP_PERIOD, DemoStack,
+)
 from exporter import names  # noqa: E402
 from prometheus_server import RULES  # noqa: E402
 
-# Panels allowed to return no data, each with why. Keep this minimal: the test fails when a
-# listed metric shows up in /metrics (then drop it here) and when the panels that use a
-# listed metric are not exactly the ones named.
-KNOWN_EMPTY_METRICS = {
-    q.NET_DROPS: "per-pod drop counting (podsnoop_network_drops_total, names.NET_DROPS) is "
-                 "planned in exporter/names.py and comes with a later issue; the exporter "
-                 "does not export it yet",
-}
-KNOWN_EMPTY_PANELS = {
-    ("podsnoop-network", "Drops by pod and direction"),
-    ("podsnoop-network", "Drops by reason"),
-    ("podsnoop-network", "Receive drop ratio by pod"),
-    ("podsnoop-network", "Transmit drop ratio by pod"),
-}
+# Panels allowed to return no data, each with why: none today. Keep this minimal: the test
+# fails when a listed metric shows up in /metrics (then drop it here) and when the panels
+# that use a listed metric are not exactly the ones named.
+KNOWN_EMPTY_METRICS: dict[str, str] = {}
+KNOWN_EMPTY_PANELS: set[tuple[str, str]] = set()
+# Drops the workload makes for every pod (see the module docstring), as (direction, reason).
+DROPS = {("receive", "NO_SOCKET"), ("transmit", "NO_SOCKET"), ("transmit", "TC_INGRESS")}
+FAILED_SHARE = CONNECT_FAILURES_PER_SECOND / (CONNECT_FAILURES_PER_SECOND + CONNECTS_PER_SECOND)
 
 MIN_SCRAPES = 15
 RANGE_SECONDS = 30   # query_range over the last 30 s, one point a second
@@ -173,8 +177,15 @@ def test_every_panel_query_runs_and_returns_data(stack, pe):
 
     if "container" in keys:
         assert stack.containers <= found(("namespace", "pod", "container")), expr
+    elif "pod" in keys and "direction" in keys:
+        assert {(*p, d) for p in stack.pods for d in ("receive", "transmit")} <= found(
+            ("namespace", "pod", "direction")), expr
     elif "pod" in keys:
         assert set(stack.pods) <= found(("namespace", "pod")), expr
+    if "reason" in keys:
+        assert DROPS <= found(("direction", "reason")), expr
+    if "comm" in keys:
+        assert ("true",) in found(("comm",)), expr
     if "protocol" in keys:
         assert {("tcp",), ("udp",), ("icmp",)} <= found(("protocol",)), expr
     if "syscall" in keys:
@@ -191,7 +202,10 @@ def test_every_panel_query_runs_and_returns_data(stack, pe):
 def test_rates_match_the_workload(stack):
     """Dashboard panels with our namespaces selected and a 20 s rate window (see the module
     docstring), once the window is full of data: the syscall loops' getsid and rmdir rates,
-    the TCP sender's 200 kB/s, the UDP echo's 50 packets/s each way."""
+    the TCP sender's 200 kB/s (on the pod's veth and on its container's sockets), the UDP
+    echo's 50 packets/s each way, the probes' execs, connects and receive drops. With the
+    dashboards' 1m window: every pod's connects fail, but under the alert's ratio, are fast,
+    and some are retransmitted."""
     values = {"namespace": OUR_NS, "__rate_interval": "20s"}
     stack.prom.wait_for(lambda: stack.prom.value(
         'count_over_time(up{job="podsnoop"}[1m])') >= 25, timeout=30, what="25 scrapes")
@@ -225,6 +239,43 @@ def test_rates_match_the_workload(stack):
         got = instant(panel, ("pod",)).get(("cache-0",), 0)
         if not near(got, 50):
             problems.append(f"cache-0 {panel}: {got:.1f}/s, want ~50/s")
+    tx = instant("Transmit bandwidth by container", ("pod", "container"))
+    if not 0.8 * 200_000 <= tx.get(("web-0", "web"), 0) <= 1.4 * 200_000:
+        problems.append(f"web-0/web transmit {tx.get(('web-0', 'web'))} B/s, want ~200 kB/s")
+    execs = instant("Execs by container", ("namespace", "pod", "container"))
+    for c in sorted(stack.containers):
+        if not near(execs.get(c, 0), EXECS_PER_SECOND):
+            problems.append(f"{'/'.join(c)} execs {execs.get(c, 0):.2f}/s, "
+                            f"want {EXECS_PER_SECOND}/s")
+    connects = {tuple(s["metric"][k] for k in ("namespace", "pod")): float(s["value"][1])
+                for s in stack.prom.result(
+                    f'sum by (namespace, pod) (rate({q.TCP_CONNECT_DURATION_COUNT}'
+                    f'{{namespace=~"{OUR_NS}"}}[20s]))')}
+    reasons = instant("Drops by reason", ("direction", "reason"))
+    want = len(PODS) / RECEIVE_DROP_PERIOD
+    if not near(reasons.get(("receive", "NO_SOCKET"), 0), want):
+        problems.append(f"receive NO_SOCKET drops {reasons.get(('receive', 'NO_SOCKET'))}/s, "
+                        f"want {want}/s")
+    minute = {"__rate_interval": "1m"}
+    drops = instant("Drops by pod and direction", ("namespace", "pod", "direction"), minute)
+    ratio = instant("TCP connect failure ratio by pod", ("namespace", "pod"), minute)
+    p99 = instant("TCP connect latency p99 by pod", ("namespace", "pod"), minute)
+    retransmits = instant("TCP retransmits by pod", ("namespace", "pod"), minute)
+    for p in sorted(stack.pods):
+        if not near(connects.get(p, 0), CONNECTS_PER_SECOND):
+            problems.append(f"{'/'.join(p)} connects {connects.get(p, 0):.2f}/s, "
+                            f"want {CONNECTS_PER_SECOND}/s")
+        for d in ("receive", "transmit"):
+            if not drops.get((*p, d), 0) > 0:
+                problems.append(f"{'/'.join(p)} no {d} drops")
+        # about failures / (failures + established), and under the alert's threshold
+        if not 0 < ratio.get(p, 0) < TCP_CONNECT_FAILURE_RATIO_THRESHOLD:
+            problems.append(f"{'/'.join(p)} connect failure ratio {ratio.get(p)}, want about "
+                            f"{FAILED_SHARE:.2f}")
+        if not p99.get(p, math.inf) < 0.1:   # across one veth: well under a millisecond
+            problems.append(f"{'/'.join(p)} connect latency p99 {p99.get(p)} s")
+        if not retransmits.get(p, 0) > 0:
+            problems.append(f"{'/'.join(p)} no retransmits")
     assert not problems, problems
 
 

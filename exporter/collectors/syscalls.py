@@ -10,6 +10,7 @@ series and the rest go to syscall="other". A syscall replaces the weakest named 
 it has twice its calls (no flapping at the boundary); a replaced syscall's series ends and
 its further calls count under "other". With an allowlist, exactly those syscalls are named.
 A node-wide cap on named series folds the rest into "other" and counts how often it bit.
+The naming is topn.TopN, shared with the exec collector.
 
 Cgroups that resolve to no pod are exported together under empty pod labels (one bounded
 group, so totals add up); their keys are drained from the map each scrape, since nothing
@@ -26,9 +27,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from .. import names
 from ..syscall_names import syscall_name
 from .bpfmaps import read_items
+from .topn import OTHER, NamedCounters, TopN
 
 COUNTS_MAP, LATENCY_MAP = "syscall_counts", "syscall_latency"
-OTHER = "other"
 # Histogram buckets: upper bounds 2^8 .. 2^34 ns in steps of 4x (256 ns .. ~17 s). A log2
 # slot k holds latencies in [2^k, 2^(k+1)) ns, so it lands in the first bucket >= 2^(k+1).
 BUCKET_EXPONENTS = tuple(range(8, 35, 2))
@@ -49,14 +50,13 @@ def slot_midpoint_seconds(slot: int) -> float:
     return 1.5 * (1 << slot) / 1e9
 
 
-class ContainerTotals:
-    """What one container has exported so far."""
-    __slots__ = ("ranking", "named", "other", "slots", "seconds", "last_live")
+class ContainerTotals(NamedCounters):
+    """What one container has exported so far: per syscall name [calls, errors] (ranking,
+    named, other: see topn.NamedCounters) and its latency histogram."""
+    __slots__ = ("slots", "seconds", "last_live")
 
     def __init__(self, now: float):
-        self.ranking: dict[int, int] = {}       # syscall nr -> calls seen, for the top N
-        self.named: dict[str, list[int]] = {}   # syscall name -> [calls, errors]
-        self.other = [0, 0]
+        super().__init__(2)
         self.slots: dict[int, int] = {}         # log2 latency slot -> count
         self.seconds = 0.0
         self.last_live = now
@@ -82,17 +82,17 @@ class SyscallCollector:
         self.resolver = resolver
         self.labeler = labeler
         self.grace_seconds = grace_seconds
-        self.top = top
-        self.allowlist = allowlist
-        self.series_cap = series_cap
+        self.topn = TopN(top, allowlist, series_cap)
         self.clock = clock
         self.containers: dict[tuple, ContainerTotals] = {}
         self._last_counts: dict[tuple[int, int], tuple[int, int]] = {}  # (cgid, nr) -> seen
         self._last_slots: dict[tuple[int, int], int] = {}               # (cgid, slot) -> seen
         self._known: dict[int, tuple[str, str]] = {}  # cgroup id -> (pod_uid, container_id)
-        self._named_total = 0
-        self.cap_dropped = 0
         self.unresolved = 0
+
+    @property
+    def cap_dropped(self) -> int:
+        return self.topn.cap_dropped
 
     # -- describe -------------------------------------------------------------------------
     def _families(self):
@@ -197,50 +197,19 @@ class SyscallCollector:
             last[k] = seen
 
     # -- naming -----------------------------------------------------------------------------
-    def _rank(self, totals: ContainerTotals) -> set[str]:
-        """The syscall names this container exports by name after this scrape."""
-        if self.allowlist is not None:
-            return {syscall_name(nr) for nr in totals.ranking} & self.allowlist
-        current = set(totals.named)
-        by_calls = sorted(totals.ranking.items(), key=lambda kv: -kv[1])
-        calls_of = {syscall_name(nr): n for nr, n in by_calls}
-        for nr, n in by_calls[: self.top]:
-            name = syscall_name(nr)
-            if name in current:
-                continue
-            if len(current) < self.top:
-                if self._named_total >= self.series_cap:
-                    self.cap_dropped += 1
-                    continue
-                current.add(name)
-                self._named_total += 1
-                continue
-            weakest = min(current, key=lambda c: calls_of.get(c, 0))
-            if n > 2 * calls_of.get(weakest, 0):
-                current.discard(weakest)
-                current.add(name)
-        return current
-
     def _apply(self, container: tuple, deltas: dict[int, list[int]]) -> None:
-        totals = self.containers[container]
-        for nr, (n, _) in deltas.items():
-            totals.ranking[nr] = totals.ranking.get(nr, 0) + n
-        named = self._rank(totals)
-        for name in list(totals.named):
-            if name not in named:  # replaced: its series ends, later calls go to "other"
-                del totals.named[name]
+        by_name: dict[str, list[int]] = {}
         for nr, (n, err) in deltas.items():
-            name = syscall_name(nr)
-            acc = totals.named.setdefault(name, [0, 0]) if name in named else totals.other
+            acc = by_name.setdefault(syscall_name(nr), [0, 0])
             acc[0] += n
             acc[1] += err
+        self.topn.apply(self.containers[container], by_name)
 
     def _expire(self, now: float) -> None:
         for container, totals in list(self.containers.items()):
             if now - totals.last_live > self.grace_seconds:
                 del self.containers[container]
-                if self.allowlist is None:
-                    self._named_total -= len(totals.named)
+                self.topn.release(totals)
 
     # -- collect ----------------------------------------------------------------------------
     def collect(self):

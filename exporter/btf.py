@@ -1,0 +1,205 @@
+"""A small reader of the kernel's BTF (/sys/kernel/btf/vmlinux): struct member offsets and
+enum values of the running kernel.
+
+bcc compiles podsnoop's programs against the kernel headers installed on the node, and those
+can be older than the running kernel (e.g. Debian's 6.1 headers on a 6.18 kernel): a struct
+layout taken from them would be wrong. Programs that must read kernel structs (the skb's
+device, a socket's cgroup) therefore get each member's offset from BTF, which always
+describes the running kernel, as -D flags, and read with bpf_probe_read_kernel. Enum values
+(e.g. `enum skb_drop_reason`) come from here too, never from a hand-typed list.
+
+Only what podsnoop needs is parsed; the format is the kernel's Documentation/bpf/btf.rst.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+
+VMLINUX = "/sys/kernel/btf/vmlinux"
+
+KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_FWD = 1, 2, 3, 4, 5, 6, 7
+KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 8, 9, 10, 11
+KIND_FUNC, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC, KIND_FLOAT = 12, 13, 14, 15, 16
+KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = 17, 18, 19
+_MODIFIERS = (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG)
+
+
+class BTFError(Exception):
+    pass
+
+
+@dataclass
+class Type:
+    kind: int
+    name_off: int
+    size_or_type: int
+    # struct/union: (name_off, type id, bit offset); enum: (name_off, value);
+    # array: [elem, nelems]. Names are decoded only when asked for (parsing stays fast).
+    members: list
+
+
+_INDEXED = (KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64, KIND_TYPEDEF)
+
+
+class BTF:
+    def __init__(self, data: bytes):
+        if len(data) < 24:
+            raise BTFError("BTF data too short")
+        magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        endian = "<"
+        if magic != 0xEB9F:
+            if magic == 0x9FEB:
+                endian = ">"
+            else:
+                raise BTFError(f"bad BTF magic {magic:#x}")
+        type_off, type_len, str_off, str_len = struct.unpack_from(endian + "4I", data, 8)
+        self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
+        self.types: list[Type | None] = [None]  # id 0 is void
+        self._parse(data[hdr_len + type_off: hdr_len + type_off + type_len], endian)
+        self._by_name: dict[tuple[int, str], int] = {}
+        for tid, t in enumerate(self.types):
+            if t is not None and t.kind in _INDEXED and t.name_off:
+                self._by_name.setdefault((t.kind, self._str(t.name_off)), tid)
+
+    def _str(self, off: int) -> str:
+        end = self._strings.index(b"\0", off)
+        return self._strings[off:end].decode()
+
+    def _parse(self, buf: bytes, e: str) -> None:
+        pos, n = 0, len(buf)
+        head = struct.Struct(e + "3I")
+        append = self.types.append
+        while pos < n:
+            name_off, info, size_or_type = head.unpack_from(buf, pos)
+            pos += 12
+            vlen, kind, kflag = info & 0xFFFF, (info >> 24) & 0x1F, info >> 31
+            members: list = []
+            if kind in (KIND_STRUCT, KIND_UNION):
+                raw = struct.unpack_from(f"{e}{3 * vlen}I", buf, pos)
+                pos += 12 * vlen
+                if kflag:
+                    members = [(raw[i], raw[i + 1], raw[i + 2] & 0xFFFFFF)
+                               for i in range(0, 3 * vlen, 3)]
+                else:
+                    members = [(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, 3 * vlen, 3)]
+            elif kind == KIND_INT or kind == KIND_VAR or kind == KIND_DECL_TAG:
+                pos += 4
+            elif kind == KIND_ARRAY:
+                elem, _index, nelems = struct.unpack_from(e + "3I", buf, pos)
+                members = [elem, nelems]
+                pos += 12
+            elif kind == KIND_ENUM:
+                fmt = "Ii" if kflag else "II"
+                members = [struct.unpack_from(e + fmt, buf, pos + 8 * i) for i in range(vlen)]
+                pos += 8 * vlen
+            elif kind == KIND_ENUM64:
+                for i in range(vlen):
+                    m_name, lo, hi = struct.unpack_from(e + "3I", buf, pos + 12 * i)
+                    members.append((m_name, hi << 32 | lo))
+                pos += 12 * vlen
+            elif kind == KIND_FUNC_PROTO:
+                pos += 8 * vlen
+            elif kind == KIND_DATASEC:
+                pos += 12 * vlen
+            elif kind in (KIND_PTR, KIND_FWD, KIND_FUNC, KIND_FLOAT) or kind in _MODIFIERS:
+                pass
+            else:
+                raise BTFError(f"unknown BTF kind {kind}")
+            append(Type(kind, name_off, size_or_type, members))
+
+    # -- queries ---------------------------------------------------------------------------
+    def _resolve(self, tid: int) -> int:
+        """Skip typedefs and qualifiers."""
+        while self.types[tid] is not None and self.types[tid].kind in _MODIFIERS:
+            tid = self.types[tid].size_or_type
+        return tid
+
+    def struct_id(self, name: str) -> int:
+        for kind in (KIND_STRUCT, KIND_UNION):
+            tid = self._by_name.get((kind, name))
+            if tid is not None:
+                return tid
+        tid = self._by_name.get((KIND_TYPEDEF, name))
+        if tid is not None:
+            return self._resolve(tid)
+        raise BTFError(f"no struct {name} in the kernel's BTF")
+
+    def _member(self, tid: int, name: str) -> tuple[int, int] | None:
+        """(bit offset, type id) of a member, looking inside anonymous structs/unions."""
+        t = self.types[self._resolve(tid)]
+        if t is None or t.kind not in (KIND_STRUCT, KIND_UNION):
+            return None
+        for m_name, m_type, bit_off in t.members:
+            if m_name and self._str(m_name) == name:
+                return bit_off, m_type
+        for m_name, m_type, bit_off in t.members:
+            if not m_name:  # anonymous struct/union: its members are the parent's
+                found = self._member(m_type, name)
+                if found is not None:
+                    return bit_off + found[0], found[1]
+        return None
+
+    def offset(self, struct_name: str, path: str) -> int:
+        """Byte offset of a (dotted, nested) member, e.g. offset("sock", "__sk_common.skc_net")."""
+        tid, bits = self.struct_id(struct_name), 0
+        for part in path.split("."):
+            found = self._member(tid, part)
+            if found is None:
+                raise BTFError(f"struct {struct_name} has no member {path} in the kernel's BTF")
+            bits += found[0]
+            tid = found[1]
+        if bits % 8:
+            raise BTFError(f"{struct_name}.{path} is a bitfield")
+        return bits // 8
+
+    def size(self, struct_name: str, path: str | None = None) -> int:
+        """sizeof a struct, or of one of its members."""
+        tid = self.struct_id(struct_name)
+        if path:
+            for part in path.split("."):
+                found = self._member(tid, part)
+                if found is None:
+                    raise BTFError(f"struct {struct_name} has no member {path}")
+                tid = found[1]
+        return self._sizeof(tid)
+
+    def _sizeof(self, tid: int) -> int:
+        tid = self._resolve(tid)
+        t = self.types[tid]
+        if t.kind == KIND_PTR:
+            return 8
+        if t.kind == KIND_ARRAY:
+            return t.members[1] * self._sizeof(t.members[0])
+        return t.size_or_type
+
+    def enum(self, name: str) -> dict[str, int]:
+        for kind in (KIND_ENUM, KIND_ENUM64):
+            tid = self._by_name.get((kind, name))
+            if tid is not None:
+                return {self._str(m): v for m, v in self.types[tid].members}
+        raise BTFError(f"no enum {name} in the kernel's BTF")
+
+
+@lru_cache(maxsize=1)
+def vmlinux(path: str = VMLINUX) -> BTF:
+    try:
+        with open(path, "rb") as f:
+            return BTF(f.read())
+    except OSError as e:
+        raise BTFError(f"cannot read {path}: {e.strerror}") from None
+
+
+def socket_offsets(b: BTF | None = None) -> dict[str, int]:
+    """-D values for bpf/sockcgroup.h: where a socket's cgroup and netns are."""
+    b = b or vmlinux()
+    return {
+        "SOCK_CGRP_OFF": b.offset("sock", "sk_cgrp_data")
+        + b.offset("sock_cgroup_data", "cgroup"),
+        "CGROUP_KN_OFF": b.offset("cgroup", "kn"),
+        "CGROUP_LEVEL_OFF": b.offset("cgroup", "level"),
+        "CGROUP_ANCESTORS_OFF": b.offset("cgroup", "ancestors"),
+        "KERNFS_ID_OFF": b.offset("kernfs_node", "id"),
+        "SOCK_NET_OFF": b.offset("sock", "__sk_common.skc_net.net"),
+        "NET_INUM_OFF": b.offset("net", "ns.inum"),
+    }

@@ -1,0 +1,245 @@
+"""Per-pod packet drops by the kernel's drop reason, from bpf/drops.c's drop_counts map.
+
+`podsnoop_network_drops_total{namespace,pod,pod_uid,direction,reason}`: packets of a pod
+that the kernel freed as dropped (skb:kfree_skb), where the drop happened in the pod's
+network namespace (any of its devices or sockets) or on its host-side veth. direction is
+from the pod's point of view, like the network counters: receive = on the way into the pod,
+transmit = on the way out (see bpf/drops.c for how each drop is placed).
+
+reason is the kernel's `enum skb_drop_reason` name without the SKB_DROP_REASON_ prefix
+(NO_SOCKET, TC_INGRESS, NETFILTER_DROP, SOCKET_RCVBUFF, ...), read from the running kernel's
+BTF, so a kernel with new reasons names them without a podsnoop update. Reasons of a
+subsystem (the value's upper 16 bits, e.g. openvswitch) are named <SUBSYS>_<code>.
+SKB_CONSUMED (packets freed after normal use) is never a drop. NOT_SPECIFIED (a drop site
+the kernel has not annotated yet) is counted unless --drop-not-specified off: it is a real
+drop, but on older kernels a large share of drops carry it.
+
+The map is keyed by (network namespace inode or host veth ifindex, direction, reason). A
+namespace or veth that belonged to a pod and is gone has its keys deleted after the final
+increase is taken (the kernel reuses both numbers); drops in namespaces that are no pod's
+are exported with empty pod labels and drained each scrape.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import time
+
+from prometheus_client.core import CounterMetricFamily
+
+from .. import bpfload, btf, names
+from ..errors import PodsnoopError
+from ..podnetns import first_pid
+from .cgroupdeltas import KeyedDeltas, map_families, percpu_slot, sum_u64
+
+log = logging.getLogger(__name__)
+
+MAP = "drop_counts"
+PREFIX = "SKB_DROP_REASON_"
+NETNS_REFRESH_SECONDS = 5.0
+
+
+def reason_names(b: btf.BTF | None = None) -> dict[int, str]:
+    """enum skb_drop_reason value -> name without the prefix, from the kernel's BTF."""
+    b = b or btf.vmlinux()
+    return {v: k[len(PREFIX):] for k, v in b.enum("skb_drop_reason").items()
+            if k.startswith(PREFIX) and not k.startswith(PREFIX + "SUBSYS_")}
+
+
+def subsystem_names(b: btf.BTF | None = None) -> dict[int, str]:
+    b = b or btf.vmlinux()
+    try:
+        enum = b.enum("skb_drop_reason_subsys")
+    except btf.BTFError:
+        return {}
+    return {v: k[len(PREFIX + "SUBSYS_"):] for k, v in enum.items()
+            if k != PREFIX + "SUBSYS_NUM"}
+
+
+class ReasonNamer:
+    def __init__(self, b: btf.BTF | None = None):
+        self.core = reason_names(b)
+        self.subsys = subsystem_names(b)
+
+    def __call__(self, value: int) -> str:
+        if value in self.core and value >> 16 == 0:
+            return self.core[value]
+        sub = value >> 16
+        if sub:
+            return f"{self.subsys.get(sub, f'SUBSYS{sub}')}_{value & 0xFFFF}"
+        return f"REASON_{value}"
+
+
+def host_netns_inum() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+FORMAT = bpfload.TRACEFS + "/events/skb/kfree_skb/format"
+
+
+def tracepoint_fields(path: str = FORMAT) -> set[str]:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return set()
+    return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
+
+
+def load_programs(cfg):
+    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the drop program."""
+    fields = tracepoint_fields()
+    if "reason" not in fields:
+        raise PodsnoopError("the skb:kfree_skb tracepoint of this kernel has no drop reason "
+                            "(kernel 5.17 or later has it)",
+                            "run podsnoop with --drops off on this node")
+    b = btf.vmlinux()
+    enum = b.enum("skb_drop_reason")
+    bpf = bpfload.compile_program("drops", bpfload.defines(
+        DROP_MAX_ENTRIES=cfg.drop_map_entries, HOST_NETNS_INUM=host_netns_inum(),
+        REASON_CONSUMED=enum["SKB_CONSUMED"],
+        REASON_NOT_SPECIFIED=enum[PREFIX + "NOT_SPECIFIED"],
+        COUNT_NOT_SPECIFIED=int(cfg.drop_not_specified), HAS_RX_SK=int("rx_sk" in fields),
+        SKB_DEV_OFF=b.offset("sk_buff", "dev"), SKB_SK_OFF=b.offset("sk_buff", "sk"),
+        SKB_IIF_OFF=b.offset("sk_buff", "skb_iif"),
+        NETDEV_IFINDEX_OFF=b.offset("net_device", "ifindex"),
+        NETDEV_NET_OFF=b.offset("net_device", "nd_net.net"),
+        **btf.socket_offsets(b)) + [f"-I{bpfload.BPF_DIR}"])
+    return bpf
+
+
+class PodNetns:
+    """Network namespace inode -> pod UID, from one process of each pod's cgroups.
+
+    Rebuilt when an unknown inode shows up (once per inode), and at least every
+    NETNS_REFRESH_SECONDS so a gone pod's namespace is noticed before the kernel reuses its
+    inode number.
+    """
+
+    def __init__(self, resolver, clock=time.monotonic):
+        self.resolver = resolver
+        self.clock = clock
+        self._by_inum: dict[int, str] = {}
+        self._missed: set[int] = set()
+        self._last = float("-inf")
+        self._warned = False
+
+    def refresh(self) -> None:
+        mapping = {}
+        for uid, cgroups in self.resolver.pods().items():
+            pid = first_pid(c.path for c in cgroups)
+            if pid is None:
+                continue
+            try:
+                mapping[os.stat(f"/proc/{pid}/ns/net").st_ino] = uid
+            except PermissionError:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("cannot read /proc/%d/ns/net (needs CAP_SYS_PTRACE when pod "
+                                "processes run as other users or with other capabilities): "
+                                "drops inside pods' network namespaces are exported without "
+                                "pod labels; drops on their host veths are not affected", pid)
+                continue
+            except OSError:  # exited meanwhile
+                continue
+        self._by_inum = mapping
+        self._missed.clear()
+        self._last = self.clock()
+
+    def resolve(self, inums) -> dict[int, str | None]:
+        unknown = [i for i in inums if i not in self._by_inum]
+        if self.clock() - self._last > NETNS_REFRESH_SECONDS or any(
+                i not in self._missed for i in unknown):
+            self.refresh()
+            self._missed.update(i for i in inums if i not in self._by_inum)
+        return {i: self._by_inum.get(i) for i in inums}
+
+
+class PodInterfaces:
+    """Keeps bpf/drops.c's pod_ifindexes equal to the link manager's attached pod veths."""
+
+    def __init__(self, table, links):
+        self.table = table
+        self.links = links
+
+    def sync(self) -> int:
+        wanted = {i for i, link in list(self.links.links.items()) if link.attached}
+        present = {k.value for k in self.table.keys()}
+        for idx in wanted - present:
+            self.table[ctypes.c_uint(idx)] = ctypes.c_ubyte(1)
+        for idx in present - wanted:
+            try:
+                del self.table[ctypes.c_uint(idx)]
+            except KeyError:
+                pass
+        return len(wanted)
+
+
+class PodDrops:
+    __slots__ = ("counts", "last_live")
+
+    def __init__(self, now: float):
+        self.counts: dict[tuple[int, str], int] = {}   # (dir, reason) -> drops
+        self.last_live = now
+
+
+class DropCollector:
+    def __init__(self, bpf, links, resolver, labeler, grace_seconds: float,
+                 clock=time.monotonic):
+        self.table = bpf[MAP]
+        self.failures = bpf["drop_update_failures"]
+        self.links = links
+        self.labeler = labeler
+        self.grace_seconds = grace_seconds
+        self.clock = clock
+        self.netns = PodNetns(resolver, clock)
+        self.reason = ReasonNamer()
+        self.deltas = KeyedDeltas(self._resolve, lambda key: (key.netns, key.ifindex),
+                                  unresolved_owner="")
+        self.pods: dict[str, PodDrops] = {}
+
+    def _resolve(self, ids) -> dict:
+        ids = set(ids)
+        netns = self.netns.resolve({n for n, i in ids if n})
+        links = dict(self.links.links)
+        out = {}
+        for n, i in ids:
+            if n:
+                out[(n, i)] = netns.get(n)
+            else:
+                link = links.get(i)
+                out[(n, i)] = (link.pod_uid or None) if link is not None else None
+        return out
+
+    def _family(self):
+        return CounterMetricFamily(names.NET_DROPS, "Packets of the pod the kernel dropped, "
+                                   "by direction and the kernel's drop reason.",
+                                   labels=list(names.NET_DROP_LABELS))
+
+    def describe(self):
+        yield self._family()
+        yield from map_families([(MAP, self.table, 0, 0)])
+
+    def collect(self):
+        family = self._family()
+        now = self.clock()
+        (rows,), live, (entries,) = self.deltas.take([(self.table, sum_u64)])
+        for uid in live:
+            self.pods.setdefault(uid, PodDrops(now)).last_live = now
+        for uid, key, (n,) in rows:
+            if n:
+                pod = self.pods.setdefault(uid, PodDrops(now))
+                k = (key.dir, self.reason(key.reason))
+                pod.counts[k] = pod.counts.get(k, 0) + n
+        for uid, pod in list(self.pods.items()):
+            if now - pod.last_live > self.grace_seconds:
+                del self.pods[uid]
+        for uid, pod in self.pods.items():
+            namespace, name = self.labeler.pod(uid)
+            for (direction, reason), n in pod.counts.items():
+                family.add_metric([namespace, name, uid, names.DROP_DIRECTIONS[direction],
+                                   reason], n)
+        yield family
+        yield from map_families([(MAP, self.table, entries, percpu_slot(self.failures, 0))])
