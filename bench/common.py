@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime
-import ipaddress
 import os
-import random
 import re
 import secrets
 import shlex
@@ -47,7 +45,7 @@ if ROOT != REPO:
     # `python -m exporter` puts its working directory first on sys.path: run from the tree.
     os.chdir(ROOT)
 
-from exporter.testpods import SUBNET, Container, PodFactory, TestPod, _rmdir, sh  # noqa: E402
+from exporter.testpods import Container, PodFactory, TestPod, _rmdir, sh  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -253,19 +251,6 @@ class BatchPodFactory(PodFactory):
     containerd names, one long-lived process in the pod's netns and first container's
     cgroup, IPv6 off), made in bulk. Pods are TestPod objects in self.pods, so
     TestPod.run()/exec() and PodFactory.delete() work on them as usual."""
-
-    def _free_blocks(self, n: int) -> list[ipaddress.IPv4Network]:
-        used = set()
-        for line in sh("ip -4 -o addr show", check=False).stdout.splitlines():
-            for word in line.split():
-                if word.startswith("10.222."):
-                    used.add(ipaddress.ip_interface(word).network.supernet(new_prefix=30))
-        blocks = list(SUBNET.subnets(new_prefix=30))
-        start = random.randrange(len(blocks))
-        free = [b for b in blocks[start:] + blocks[:start] if b not in used]
-        if len(free) < n:
-            raise RuntimeError(f"only {len(free)} free /30s left in {SUBNET}")
-        return free[:n]
 
     def create_many(self, n: int, qos: str = "burstable") -> list[TestPod]:
         from pyroute2 import IPRoute

@@ -94,7 +94,8 @@ class PodFactory:
         # Made now, so an exporter started before the first pod already sees the root.
         self.kubepods.mkdir(parents=True, exist_ok=True)
 
-    def _free_subnet(self) -> ipaddress.IPv4Network:
+    def _free_blocks(self, n: int) -> list[ipaddress.IPv4Network]:
+        """n free /30s of SUBNET (from a random start, so parallel factories rarely meet)."""
         used = set()
         for line in sh("ip -4 -o addr show", check=False).stdout.splitlines():
             for word in line.split():
@@ -102,10 +103,13 @@ class PodFactory:
                     used.add(ipaddress.ip_interface(word).network.supernet(new_prefix=30))
         blocks = list(SUBNET.subnets(new_prefix=30))
         start = random.randrange(len(blocks))
-        for block in blocks[start:] + blocks[:start]:
-            if block not in used:
-                return block
-        raise RuntimeError("no free /30 left in 10.222.0.0/16")
+        free = [b for b in blocks[start:] + blocks[:start] if b not in used]
+        if len(free) < n:
+            raise RuntimeError(f"only {len(free)} free /30s left in {SUBNET}, {n} needed")
+        return free[:n]
+
+    def _free_subnet(self) -> ipaddress.IPv4Network:
+        return self._free_blocks(1)[0]
 
     def create(self, containers: tuple[str, ...] = ("app",), qos: str = "burstable",
                ipv6: bool = False, name: str | None = None, start: bool = True) -> TestPod:
