@@ -7,6 +7,7 @@ per distinct message.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from prometheus_client.core import GaugeMetricFamily
@@ -20,6 +21,7 @@ class ScrapeCollector:
     def __init__(self, collectors: dict[str, object]):
         self.collectors = collectors
         self._logged: set[str] = set()
+        self._lock = threading.Lock()
 
     def describe(self):
         for collector in self.collectors.values():
@@ -35,13 +37,18 @@ class ScrapeCollector:
                                   labels=["collector"]))
 
     def collect(self):
-        """Every family once: collectors sharing a family (per-map self metrics) are merged."""
-        merged: dict[str, object] = {}
-        for family in self._collect_all():
-            if family.name in merged:
-                merged[family.name].samples.extend(family.samples)
-            else:
-                merged[family.name] = family
+        """Every family once: collectors sharing a family (per-map self metrics) are merged.
+
+        One collection at a time: collectors keep state between scrapes (the syscall and
+        exec deltas), and two collections interleaving would count an increase twice.
+        """
+        with self._lock:
+            merged: dict[str, object] = {}
+            for family in self._collect_all():
+                if family.name in merged:
+                    merged[family.name].samples.extend(family.samples)
+                else:
+                    merged[family.name] = family
         yield from merged.values()
 
     def _collect_all(self):
