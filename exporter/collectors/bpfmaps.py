@@ -14,9 +14,9 @@ def sum_percpu(values, fields: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(sum(getattr(v, f) for v in values) for f in fields)
 
 
-def sum_counter_array(table) -> int:
-    """Total of slot 0 of a per-CPU u64 array (e.g. update-failure counters)."""
+def sum_counter_array(table, slot: int = 0) -> int:
+    """Total over CPUs of one slot of a per-CPU u64 array (e.g. update-failure counters)."""
     try:
-        return sum(int(v) for v in table[table.Key(0)])
+        return sum(int(v) for v in table[table.Key(slot)])
     except KeyError:
         return 0

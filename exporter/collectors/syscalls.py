@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .. import names
 from ..syscall_names import syscall_name
-from .bpfmaps import read_items
+from .bpfmaps import read_items, sum_counter_array
 from .topn import OTHER, NamedCounters, TopN
 
 COUNTS_MAP, LATENCY_MAP = "syscall_counts", "syscall_latency"
@@ -131,13 +131,7 @@ class SyscallCollector:
         return e, m, f, u, c
 
     def _failure_counts(self) -> tuple[int, int]:
-        out = []
-        for i in (0, 1):
-            try:
-                out.append(sum(int(v) for v in self.failures[self.failures.Key(i)]))
-            except KeyError:
-                out.append(0)
-        return tuple(out)
+        return sum_counter_array(self.failures, 0), sum_counter_array(self.failures, 1)
 
     # -- reading ----------------------------------------------------------------------------
     def _classify(self, cgroup_ids: set[int], now: float):
