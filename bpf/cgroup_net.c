@@ -28,6 +28,9 @@ BPF_PERCPU_HASH(container_net, struct cnet_key, struct cnet_value, CNET_MAX_ENTR
 // Inserts lost because container_net was full.
 BPF_PERCPU_ARRAY(container_net_update_failures, u64, 1);
 
+// Counters use atomic adds: these programs run both in process context and in softirq,
+// and a softirq can interrupt one on the same CPU between the load and the store of a
+// plain += on the per-CPU value, losing an update (tests saw retransmits go missing).
 static __always_inline int count(struct __sk_buff *skb, u8 dir)
 {
     struct cnet_key key = {};
@@ -36,13 +39,13 @@ static __always_inline int count(struct __sk_buff *skb, u8 dir)
     struct cnet_value zero = {};
     struct cnet_value *v = container_net.lookup_or_try_init(&key, &zero);
     if (v) {
-        v->packets += 1;
-        v->bytes += skb->len;
+        __sync_fetch_and_add(&v->packets, 1);
+        __sync_fetch_and_add(&v->bytes, skb->len);
     } else {
         u32 slot = 0;
         u64 *f = container_net_update_failures.lookup(&slot);
         if (f)
-            *f += 1;
+            __sync_fetch_and_add(f, 1);
     }
     return 1;  // allow
 }

@@ -57,6 +57,9 @@ static __always_inline u32 netns_of_dev(const void *dev)
     return inum;
 }
 
+// Counters use atomic adds: these programs run both in process context and in softirq,
+// and a softirq can interrupt one on the same CPU between the load and the store of a
+// plain += on the per-CPU value, losing an update (tests saw retransmits go missing).
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
     u32 reason = args->reason;
@@ -123,12 +126,12 @@ count:;
     u64 zero = 0;
     u64 *n = drop_counts.lookup_or_try_init(&key, &zero);
     if (n) {
-        *n += 1;
+        __sync_fetch_and_add(n, 1);
     } else {
         u32 slot = 0;
         u64 *f = drop_update_failures.lookup(&slot);
         if (f)
-            *f += 1;
+            __sync_fetch_and_add(f, 1);
     }
     return 0;
 }

@@ -1,13 +1,22 @@
 // podsnoop: per-cgroup syscall counts, errors and latency, counted in the kernel.
 //
-// raw_syscalls:sys_enter notes when a thread entered a syscall; sys_exit counts the call
-// (and an error if it returned < 0) under (cgroup id, syscall nr) and adds the latency to a
-// per-cgroup log2 histogram. Only tasks below a kubepods root are counted when FILTER_PODS
+// The raw sys_enter tracepoint notes when a thread entered a syscall; sys_exit counts the
+// call (and an error if it returned < 0) under (cgroup id, syscall nr) and adds the latency
+// to a per-cgroup log2 histogram. Only tasks below a kubepods root are counted when FILTER_PODS
 // is 1: the task's ancestor cgroup at KUBEPODS_LEVEL must be one of the roots userspace put
 // in kubepods_roots. Host processes pay one helper call and one hash lookup per tracepoint.
 //
+// Raw tracepoints (BPF_PROG_TYPE_RAW_TRACEPOINT), not the perf-event kind: they skip the
+// perf record set-up on every syscall, and, more important, a perf-event tracepoint program
+// marks the CPU busy (bpf_prog_active) while it runs, so every other tracepoint program
+// that a softirq fires on that CPU meanwhile (a TCP retransmit, a drop) is silently skipped.
+// Syscall programs run constantly; as raw tracepoints they never cost the others an event.
+// The raw sys_exit tracepoint gets (regs, ret): the syscall number is read from the saved
+// registers at SYSCALL_NR_OFF (SYSCALL_NR_SIZE bytes), found in the kernel's BTF.
+//
 // Compiled by bcc at start, with -I<bpf dir> for podfilter.h. The loader passes FILTER_PODS,
-// KUBEPODS_LEVEL, LATENCY (0/1), SYSCALL_MAX_ENTRIES, LATENCY_MAX_ENTRIES.
+// KUBEPODS_LEVEL, LATENCY (0/1), SYSCALL_MAX_ENTRIES, LATENCY_MAX_ENTRIES, SYSCALL_NR_OFF,
+// SYSCALL_NR_SIZE.
 #include <uapi/linux/bpf.h>
 
 struct syscall_key {
@@ -55,7 +64,7 @@ static __always_inline void count_failure(u32 slot)
 }
 
 #if LATENCY
-TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+RAW_TRACEPOINT_PROBE(sys_enter)
 {
     if (!tracked())
         return 0;
@@ -67,19 +76,34 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 }
 #endif
 
-TRACEPOINT_PROBE(raw_syscalls, sys_exit)
+// The syscall number the thread's saved registers hold (-1: no syscall).
+static __always_inline long syscall_nr(const void *regs)
 {
-    if (args->id < 0)  // no syscall (e.g. a restarted or ptrace-cancelled one)
-        return 0;
+#if SYSCALL_NR_SIZE == 4
+    s32 nr = -1;
+#else
+    long nr = -1;
+#endif
+    bpf_probe_read_kernel(&nr, sizeof(nr), (const char *)regs + SYSCALL_NR_OFF);
+    return nr;
+}
+
+RAW_TRACEPOINT_PROBE(sys_exit)
+{
+    // args: (struct pt_regs *regs, long ret)
     if (!tracked())
         return 0;
+    long nr = syscall_nr((const void *)ctx->args[0]);
+    if (nr < 0)  // no syscall (e.g. a restarted or ptrace-cancelled one)
+        return 0;
+    long ret = (long)ctx->args[1];
     u64 cgroup_id = bpf_get_current_cgroup_id();
-    struct syscall_key key = {.cgroup_id = cgroup_id, .nr = (u32)args->id};
+    struct syscall_key key = {.cgroup_id = cgroup_id, .nr = (u32)nr};
     struct syscall_value zero = {};
     struct syscall_value *value = syscall_counts.lookup_or_try_init(&key, &zero);
     if (value) {
         value->calls += 1;
-        if (args->ret < 0)
+        if (ret < 0)
             value->errors += 1;
     } else {
         count_failure(0);

@@ -10,17 +10,26 @@
 //      application): one failure for the remembered cgroup.
 // tcp:tcp_retransmit_skb fires in softirq/timer context, where the current task is
 //   unrelated: the socket's own cgroup (sockcgroup.h) names the pod, for connected and
-//   accepted sockets alike, including those opened before podsnoop started.
+//   accepted sockets alike, including those opened before podsnoop started. It counts
+//   segments, as the kernel's own RetransSegs does: a retransmitted skb carries
+//   tcp_skb_pcount() segments (TCP_SKB_CB(skb)->tcp_gso_segs, SKB_TCP_GSO_SEGS_OFF from
+//   BTF), for retransmissions that went out (err == 0; older kernels fire only then):
+//   the kernel's RetransSegs less TCPRetransFail, counted per pod.
 //
 // Compiled by bcc at start with -I<bpf dir>. The loader passes FILTER_PODS, KUBEPODS_LEVEL,
 // TCP_MAX_ENTRIES, TCP_COUNTER_ENTRIES, CONNECT_BUCKET(ns) (bucket index of a latency, the
-// bounds defined once in exporter/collectors/tcp.py), and sockcgroup.h's BTF offsets.
+// bounds defined once in exporter/collectors/tcp.py), sockcgroup.h's BTF offsets and
+// SKB_TCP_GSO_SEGS_OFF and RETRANSMIT_HAS_ERR (the tracepoint passes err: newer kernels).
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
 #include <net/tcp_states.h>
 
 #include "podfilter.h"
 #include "sockcgroup.h"
+
+// Counters use atomic adds: these programs run both in process context and in softirq,
+// and a softirq can interrupt one on the same CPU between the load and the store of a
+// plain += on the per-CPU value, losing an update (tests saw retransmits go missing).
 
 struct connect_start {
     u64 start_ns;
@@ -76,7 +85,7 @@ static __always_inline void count_failure(u32 slot)
 {
     u64 *n = tcp_update_failures.lookup(&slot);
     if (n)
-        *n += 1;
+        __sync_fetch_and_add(n, 1);
 }
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
@@ -103,8 +112,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         struct bucket_value zero = {};
         struct bucket_value *v = tcp_connect_latency.lookup_or_try_init(&key, &zero);
         if (v) {
-            v->count += 1;
-            v->sum_ns += ns;
+            __sync_fetch_and_add(&v->count, 1);
+            __sync_fetch_and_add(&v->sum_ns, ns);
         } else {
             count_failure(0);
         }
@@ -113,7 +122,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         u64 zero = 0;
         u64 *n = tcp_connect_failures.lookup_or_try_init(&key, &zero);
         if (n)
-            *n += 1;
+            __sync_fetch_and_add(n, 1);
         else
             count_failure(1);
     }
@@ -121,18 +130,28 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     return 0;
 }
 
-TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
+// A raw tracepoint (args: sk, skb[, err]), so that a perf-event tracepoint program running
+// on this CPU when the retransmit timer's softirq fires cannot make the kernel skip it
+// (bpf_prog_active; see bpf/syscalls.c).
+RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
 {
-    const void *sk = args->skaddr;
+    const void *sk = (const void *)ctx->args[0];
+    const void *skb = (const void *)ctx->args[1];
+#if RETRANSMIT_HAS_ERR
+    if ((int)ctx->args[2])
+        return 0;
+#endif
     if (!sk_tracked(sk))
         return 0;
     struct cgroup_key key = {.cgroup_id = sk_cgroup_id(sk)};
     if (!key.cgroup_id)
         return 0;
+    u16 segs = 0;
+    bpf_probe_read_kernel(&segs, sizeof(segs), (const char *)skb + SKB_TCP_GSO_SEGS_OFF);
     u64 zero = 0;
     u64 *n = tcp_retransmits.lookup_or_try_init(&key, &zero);
     if (n)
-        *n += 1;
+        __sync_fetch_and_add(n, segs ? segs : 1);
     else
         count_failure(2);
     return 0;

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from pyroute2 import AsyncIPRoute
 
-from . import __version__, bpfload, names
+from . import __version__, bpfload, btf, names
 from .cgroups import CgroupError, CgroupResolver, find_cgroup2_mount
 from .collectors.container_net import ContainerNetworkCollector
 from .collectors.container_net import load_programs as load_container_net_programs
@@ -83,11 +83,12 @@ HOUSEKEEPING_SECONDS = 10.0
 
 
 def load_syscall_programs(cfg: Config, resolver):
-    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the syscall programs."""
+    """Compile and attach (bcc attaches RAW_TRACEPOINT_PROBEs on load) the syscall programs."""
     level = choose_level(resolver)
     bpf = bpfload.compile_program("syscalls", bpfload.defines(
         FILTER_PODS=int(cfg.syscall_scope == "pods"), KUBEPODS_LEVEL=level, LATENCY=1,
-        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES)
+        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES,
+        **btf.syscall_nr_offsets())
         + [f"-I{bpfload.BPF_DIR}"])  # bpf/podfilter.h
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
 

@@ -88,6 +88,17 @@ def preflight(need_tracefs: bool) -> None:
         ensure_tracefs()
 
 
+def tracepoint_has_field(category: str, event: str, field: str) -> bool:
+    """Whether a tracepoint's record has a field (fields get added across kernel versions)."""
+    try:
+        text = Path(TRACEFS, "events", category, event, "format").read_text()
+    except OSError:
+        return False
+    return any(line.strip().startswith("field:") and
+               line.split(";")[0].split()[-1].split("[")[0] == field
+               for line in text.splitlines())
+
+
 def defines(**extra: int) -> list[str]:
     """-D flags shared by all programs: protocol and direction numbers from names.py."""
     flags = [f"-DPROTO_{p.upper()}={i}" for i, p in enumerate(names.PROTOCOLS)]

@@ -203,3 +203,27 @@ def socket_offsets(b: BTF | None = None) -> dict[str, int]:
         "SOCK_NET_OFF": b.offset("sock", "__sk_common.skc_net.net"),
         "NET_INUM_OFF": b.offset("net", "ns.inum"),
     }
+
+
+def tcp_skb_offsets(b: BTF | None = None) -> dict[str, int]:
+    """-D value for bpf/tcp.c: where a write-queue skb keeps its segment count
+    (TCP_SKB_CB(skb)->tcp_gso_segs, what the kernel's tcp_skb_pcount() reads)."""
+    b = b or vmlinux()
+    if b.size("tcp_skb_cb", "tcp_gso_segs") != 2:
+        raise BTFError("tcp_skb_cb.tcp_gso_segs is not a u16 in the kernel's BTF")
+    return {"SKB_TCP_GSO_SEGS_OFF": b.offset("sk_buff", "cb")
+            + b.offset("tcp_skb_cb", "tcp_gso_segs")}
+
+
+def syscall_nr_offsets(b: BTF | None = None) -> dict[str, int]:
+    """-D values for bpf/syscalls.c: where the syscall number sits in struct pt_regs
+    (orig_ax on x86_64, syscallno on arm64), for the raw sys_exit tracepoint, whose
+    arguments are (regs, ret)."""
+    b = b or vmlinux()
+    for member in ("orig_ax", "syscallno"):
+        try:
+            return {"SYSCALL_NR_OFF": b.offset("pt_regs", member),
+                    "SYSCALL_NR_SIZE": b.size("pt_regs", member)}
+        except BTFError:
+            continue
+    raise BTFError("struct pt_regs has neither orig_ax nor syscallno in the kernel's BTF")

@@ -56,6 +56,7 @@ def prog_types(pid: int) -> list[int]:
 
 
 BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 
 
 @pytest.fixture(scope="module")

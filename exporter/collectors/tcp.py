@@ -47,6 +47,8 @@ def load_programs(cfg, resolver):
     bpf = bpfload.compile_program("tcp", bpfload.defines(
         FILTER_PODS=1, KUBEPODS_LEVEL=level, TCP_MAX_ENTRIES=cfg.tcp_map_entries,
         TCP_COUNTER_ENTRIES=COUNTER_ENTRIES_PER_MAP, **btf.socket_offsets(),
+        **btf.tcp_skb_offsets(),
+        RETRANSMIT_HAS_ERR=int(bpfload.tracepoint_has_field("tcp", "tcp_retransmit_skb", "err")),
         **{"CONNECT_BUCKET(ns)": bucket_macro()}) + [f"-I{bpfload.BPF_DIR}"])
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
 
