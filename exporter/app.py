@@ -31,7 +31,7 @@ from .config import Config
 from .errors import PodsnoopError
 from .labels import PodLabeler
 from .links import LinkManager
-from .memory import release_compiler_memory
+from .memory import freeze_startup_objects, release_compiler_memory
 from .podnetns import PodNetnsIndex
 from .server import Health, make_app
 from .tc import TC_H_EGRESS, TC_H_INGRESS, TcAttacher, owned_name
@@ -116,7 +116,7 @@ async def housekeeping(resolver, root_sync: RootSync | None, pod_index, links) -
         links.check_tcx()
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
         try:
-            await asyncio.to_thread(resolver.rescan)
+            await asyncio.to_thread(resolver.rescan, full=False)
             if root_sync is not None:
                 root_sync.sync()
             if pod_index is not None:
@@ -237,6 +237,7 @@ async def run(cfg: Config) -> int:
             registry.register(BuildInfo())
             release_compiler_memory()  # every program is compiled by now
             await links.start()
+            freeze_startup_objects()
             tasks.append(asyncio.create_task(housekeeping(resolver, root_sync, pod_index, links)))
             tasks.append(asyncio.create_task(sync_feature_maps(syncs)))
             health.attached = True

@@ -44,6 +44,9 @@ QOS_BESTEFFORT = "besteffort"
 # Unknown ids remembered (to count them and to avoid rescanning for them); an LRU so cgroup
 # churn cannot grow memory.
 UNRESOLVED_MAX = 4096
+# The periodic rescan is a quick one (unchanged pod directories are not walked again) but
+# walks everything this often.
+FULL_RESCAN_SECONDS = 60.0
 
 _KUBEPODS_ROOT = re.compile(r"^(?:kubepods|kubepods\.slice|[\w.]+-kubepods\.slice)$")
 # QoS level: cgroupfs "burstable", systemd "kubepods-burstable.slice" (maybe with a prefix).
@@ -153,6 +156,15 @@ def _parse_container(name: str) -> tuple[str, str]:
     return name, "unknown"
 
 
+def _has_subdirs(path: str) -> bool:
+    """Whether a cgroup directory has child cgroups: on kernfs a directory's link count is
+    2 + its subdirectories, so one stat spares listing its ~20 interface files."""
+    try:
+        return os.stat(path).st_nlink > 2
+    except OSError:
+        return False
+
+
 def _walk_pod(pod: CgroupInfo, out: list[CgroupInfo]) -> None:
     """The pod's own cgroup, its containers, and anything nested below them."""
     out.append(pod)
@@ -160,23 +172,50 @@ def _walk_pod(pod: CgroupInfo, out: list[CgroupInfo]) -> None:
         cid, runtime = _parse_container(name)
         container = CgroupInfo(ino, path, pod.pod_uid, cid, pod.qos, runtime)
         out.append(container)
-        todo = [path]
+        todo = [path] if _has_subdirs(path) else []
         while todo:
             for _, sub, sub_ino in _subdirs(todo.pop()):
                 out.append(CgroupInfo(sub_ino, sub, pod.pod_uid, cid, pod.qos, runtime))
                 todo.append(sub)
 
 
-def walk_kubepods(kubepods_root: str) -> list[CgroupInfo]:
-    """Every pod cgroup below one kubepods root."""
+# A pod directory's (cgroup id, link count) when it was last walked, and what the walk found.
+PodWalks = dict[str, tuple[tuple[int, int], list[CgroupInfo]]]
+
+
+def walk_kubepods(kubepods_root: str, previous: PodWalks | None = None,
+                  walks: PodWalks | None = None) -> list[CgroupInfo]:
+    """Every pod cgroup below one kubepods root.
+
+    With `previous` (the `walks` of an earlier call), a pod directory whose id and link
+    count are unchanged is not walked again: its containers are taken from then. That
+    misses a container replaced by another between the two walks (the count stays the
+    same), which is why callers also walk in full (previous=None) when an id is missing.
+    """
     out: list[CgroupInfo] = []
     levels = [(kubepods_root, QOS_GUARANTEED)]
     while levels:
         parent, qos = levels.pop()
         for name, path, ino in _subdirs(parent):
             if m := _POD_DIR.match(name):
-                uid = m.group(1).replace("_", "-").lower()
-                _walk_pod(CgroupInfo(ino, path, uid, "", qos, ""), out)
+                if previous is not None or walks is not None:
+                    try:
+                        stamp = (ino, os.stat(path).st_nlink)
+                    except OSError:  # removed meanwhile
+                        continue
+                    seen = previous.get(path) if previous is not None else None
+                    if seen is not None and seen[0] == stamp:
+                        found = seen[1]
+                    else:
+                        uid = m.group(1).replace("_", "-").lower()
+                        found = []
+                        _walk_pod(CgroupInfo(ino, path, uid, "", qos, ""), found)
+                    if walks is not None:
+                        walks[path] = (stamp, found)
+                    out.extend(found)
+                else:
+                    uid = m.group(1).replace("_", "-").lower()
+                    _walk_pod(CgroupInfo(ino, path, uid, "", qos, ""), out)
             elif parent == kubepods_root and (m := _QOS_DIR.match(name)):
                 levels.append((path, m.group(1)))
     return out
@@ -202,11 +241,14 @@ class CgroupResolver:
         self._by_id: dict[int, CgroupInfo] = {}
         self._by_pod: dict[str, list[CgroupInfo]] = {}
         self._pod_level: dict[str, CgroupInfo] = {}
-        # unknown id -> value of `rescans` when first missed; see lookup().
+        # unknown id -> value of `full_rescans` when first missed; see lookup().
         self._unresolved: OrderedDict[int, int] = OrderedDict()
         self.rescans = 0
+        self.full_rescans = 0  # walks that saw every directory: they prove an id is no pod's
+        self._last_full = float("-inf")
         self.unresolved_lookups = 0  # every miss, for a counter metric
         self._last_scan = float("-inf")
+        self._walks: PodWalks = {}
         self.rescan()
 
     @property
@@ -214,16 +256,39 @@ class CgroupResolver:
         """Distinct unknown ids looked up recently (at most UNRESOLVED_MAX)."""
         return len(self._unresolved)
 
-    def rescan(self) -> None:
-        """Walk the kubepods roots again and replace the index."""
+    def rescan(self, full: bool = True) -> None:
+        """Walk the kubepods roots again and replace the index.
+
+        Not `full` (the periodic rescan): pod directories whose link count did not change
+        since the last walk are not walked again (one stat each instead of listing them
+        and their containers), except that a full walk still runs every
+        FULL_RESCAN_SECONDS to catch a container replaced by another in between."""
+        with self._lock:
+            self.rescans += 1
+            self._walk(full or self._clock() - self._last_full >= FULL_RESCAN_SECONDS)
+
+    def _rescan_for(self, ids) -> None:
+        """One rescan on behalf of missed ids: the quick walk, then a full one if an id is
+        still missing (only a full walk proves an id is not a pod's; see lookup())."""
+        self.rescans += 1
+        self._walk(full=False)
+        if any(cid not in self._by_id for cid in ids):
+            self._walk(full=True)
+
+    def _walk(self, full: bool) -> None:
         with self._lock:
             self._last_scan = self._clock()
-            self.rescans += 1
+            if full:
+                self.full_rescans += 1
+                self._last_full = self._last_scan
             if self._fixed_roots is not None:
                 self.kubepods_roots = self._fixed_roots
             else:  # cheap: the search does not descend into the pod trees it finds
                 self.kubepods_roots = find_kubepods_roots(self.root)
-            infos = [i for r in self.kubepods_roots for i in walk_kubepods(r)]
+            walks: PodWalks = {}
+            previous = None if full else self._walks
+            infos = [i for r in self.kubepods_roots for i in walk_kubepods(r, previous, walks)]
+            self._walks = walks
             by_pod: dict[str, list[CgroupInfo]] = {}
             # By path, so each pod's own directory comes before its children.
             for info in sorted(infos, key=lambda i: i.path):
@@ -247,10 +312,10 @@ class CgroupResolver:
             return info
         with self._lock:
             self.unresolved_lookups += 1
-            first_seen = self._unresolved.get(cgroup_id, self.rescans)
-            if first_seen == self.rescans and \
+            first_seen = self._unresolved.get(cgroup_id, self.full_rescans)
+            if first_seen == self.full_rescans and \
                     self._clock() - self._last_scan >= self.min_rescan_interval:
-                self.rescan()
+                self._rescan_for([cgroup_id])
                 info = self._by_id.get(cgroup_id)
                 if info is not None:
                     return info
@@ -272,13 +337,14 @@ class CgroupResolver:
         if not missing:
             return out
         with self._lock:
-            if any(cid not in self._unresolved for cid in missing):
-                self.rescan()
+            new = [cid for cid in missing if cid not in self._unresolved]
+            if new:
+                self._rescan_for(new)
             for cid in missing:
                 info = out[cid] = self._by_id.get(cid)
                 if info is None:
                     self.unresolved_lookups += 1
-                    self._unresolved[cid] = self._unresolved.get(cid, self.rescans)
+                    self._unresolved[cid] = self._unresolved.get(cid, self.full_rescans)
                     self._unresolved.move_to_end(cid)
             while len(self._unresolved) > UNRESOLVED_MAX:
                 self._unresolved.popitem(last=False)

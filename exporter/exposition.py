@@ -5,10 +5,16 @@ every sample on every scrape; at a few thousand samples that was half of a scrap
 Here a sample's label set is rendered to text once and cached: pods and containers change
 rarely, so almost every scrape hits the cache. The cache holds the label sets of the last
 render only, so those of deleted pods' series leave it: pod churn cannot grow it.
+
+Collectors with thousands of series (per-pod network counters) build a RowFamily instead
+of a prometheus-client family: rows of (label values, value), no per-sample dict; its
+series are cached by (sample name, label values), the whole `name{labels} ` prefix.
 """
 from __future__ import annotations
 
 import math
+
+from prometheus_client.samples import Sample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -42,6 +48,36 @@ def _value(v) -> str:
     return repr(float(v))
 
 
+class RowFamily:
+    """A counter or gauge family whose series all have the same label names."""
+
+    def __init__(self, name: str, documentation: str, labels, kind: str = "counter"):
+        self.name, self.documentation, self.type = name, documentation, kind
+        self.labelnames = tuple(labels)
+        self.sample_name = name + "_total" if kind == "counter" else name
+        self.rows: list[tuple[tuple, float]] = []
+
+    def add(self, values: tuple, value) -> None:
+        self.rows.append((values, value))
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The rows as prometheus-client samples (for its encoders and tests)."""
+        return [Sample(self.sample_name, dict(zip(self.labelnames, values)), value)
+                for values, value in self.rows]
+
+
+def _row_prefix(family: RowFamily, values: tuple, previous: dict, current: dict) -> str:
+    key = (family.sample_name, values)
+    text = previous.get(key)
+    if text is None:
+        text = family.sample_name + ("{" + ",".join(
+            f'{k}="{_escape(str(v))}"' for k, v in zip(family.labelnames, values)) + "} "
+            if values else " ")
+    current[key] = text
+    return text
+
+
 def render(registry) -> bytes:
     """One render at a time (server.MetricsHandler shares the one in flight)."""
     global _label_text
@@ -52,6 +88,10 @@ def render(registry) -> bytes:
         name = family.name + "_total" if family.type == "counter" else family.name
         doc = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
         append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPES.get(family.type, 'untyped')}\n")
+        if type(family) is RowFamily:
+            for values, v in family.rows:
+                append(_row_prefix(family, values, previous, current) + _value(v) + "\n")
+            continue
         for s in family.samples:
             if s.name.endswith("_created"):
                 continue

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .bpfmaps import read_items
+from .bpfmaps import ctypes_key, read_summed
 
 UNRESOLVED = ("", "")  # (pod_uid, container_id) of cgroups that belong to no known pod
 
@@ -38,14 +38,13 @@ class KeyedDeltas:
         self._last: dict[tuple[int, bytes], tuple] = {}  # (table index, raw key) -> seen
         self.unresolved = 0   # ids with events that resolve to no owner (last scrape)
 
-    def take(self, tables: list[tuple[object, Callable[[list], tuple]]]):
+    def take(self, tables: list):
         """Read every table; returns ([rows per table], live owners, [entries per table]).
 
-        `tables` holds (bcc table, value_of) pairs: value_of turns a key's per-CPU values into
-        a tuple of ints. A row is (owner, key, increase tuple). Live owners are those whose
-        ids resolve now.
+        A row is (owner, key, increase tuple): the increase of each of the value's u64
+        fields (summed over CPUs). Live owners are those whose ids resolve now.
         """
-        items = [read_items(table) for table, _ in tables]
+        items = [read_summed(table) for table in tables]
         ids = {self.id_of(key) for rows in items for key, _ in rows}
         owner: dict = {}
         drop: set = set()
@@ -65,11 +64,10 @@ class KeyedDeltas:
         if unresolved:
             live.add(self.unresolved_owner)
         out = []
-        for index, ((table, value_of), rows) in enumerate(zip(tables, items)):
+        for index, (table, rows) in enumerate(zip(tables, items)):
             deltas = []
-            for key, values in rows:
-                seen = value_of(values)
-                k = (index, bytes(key))
+            for key, seen in rows:
+                k = (index, key)
                 prev = self._last.get(k)
                 delta = seen if prev is None else tuple(a - b for a, b in zip(seen, prev))
                 kid = self.id_of(key)
@@ -77,7 +75,7 @@ class KeyedDeltas:
                 if kid in drop:
                     self._last.pop(k, None)
                     try:
-                        del table[key]
+                        del table[ctypes_key(table, key)]
                     except KeyError:
                         pass
                 else:
@@ -95,18 +93,6 @@ class CgroupDeltas(KeyedDeltas):
             return {cid: (info.pod_uid, info.container_id) if info is not None else None
                     for cid, info in resolver.resolve_many(ids).items()}
         super().__init__(resolve, lambda key: key.cgroup_id)
-
-
-def sum_u64(values) -> tuple[int]:
-    """value_of for per-CPU u64 counters."""
-    return (sum(int(v) for v in values),)
-
-
-def sum_fields(*fields: str) -> Callable[[list], tuple]:
-    """value_of for per-CPU structs of u64 counters."""
-    def value_of(values) -> tuple:
-        return tuple(sum(getattr(v, f) for v in values) for f in fields)
-    return value_of
 
 
 def container_labels(labeler) -> Callable[[tuple[str, str]], list[str]]:

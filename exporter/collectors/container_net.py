@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from .. import bpfload, names
 from ..errors import PodsnoopError
-from .cgroupdeltas import CgroupDeltas, container_labels, map_families, percpu_slot, sum_fields
+from .cgroupdeltas import CgroupDeltas, container_labels, map_families, percpu_slot
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,7 @@ class ContainerNetworkCollector:
     def collect(self):
         families = self._families()
         now = self.clock()
-        (rows,), live, (entries,) = self.deltas.take([(self.table,
-                                                       sum_fields("packets", "bytes"))])
+        (rows,), live, (entries,) = self.deltas.take([self.table])  # (packets, bytes)
         for owner in live:
             self.containers.setdefault(owner, ContainerTotals(now)).last_live = now
         for owner, key, (packets, nbytes) in rows:

@@ -32,13 +32,12 @@ from prometheus_client.core import CounterMetricFamily
 from .. import bpfload, btf, names
 from ..errors import PodsnoopError
 from ..podnetns import first_pid
-from .cgroupdeltas import KeyedDeltas, map_families, percpu_slot, sum_u64
+from .cgroupdeltas import KeyedDeltas, map_families, percpu_slot
 
 log = logging.getLogger(__name__)
 
 MAP = "drop_counts"
 PREFIX = "SKB_DROP_REASON_"
-NETNS_REFRESH_SECONDS = 5.0
 
 
 def reason_names(b: btf.BTF | None = None) -> dict[int, str]:
@@ -113,47 +112,59 @@ def load_programs(cfg):
 class PodNetns:
     """Network namespace inode -> pod UID, from one process of each pod's cgroups.
 
-    Rebuilt when an unknown inode shows up (once per inode), and at least every
-    NETNS_REFRESH_SECONDS so a gone pod's namespace is noticed before the kernel reuses its
-    inode number.
+    Kept off the scrape's critical path: each scrape only looks up pods it has not seen
+    yet (one cgroup.procs read and one stat each) and forgets pods the resolver no longer
+    knows. A namespace inode nobody maps (a recreated pod sandbox, or a pod's namespace
+    the first time it drops something) triggers one full re-read, once per inode. When
+    the kernel reuses a gone pod's inode for a new pod's namespace, the newer pod wins.
     """
 
-    def __init__(self, resolver, clock=time.monotonic):
+    MAX_MISSED = 4096  # inodes remembered as unmappable (then forgotten, re-tried once)
+
+    def __init__(self, resolver):
         self.resolver = resolver
-        self.clock = clock
+        self._by_uid: dict[str, int] = {}    # pod uid -> netns inode, oldest first
         self._by_inum: dict[int, str] = {}
         self._missed: set[int] = set()
-        self._last = float("-inf")
         self._warned = False
 
-    def refresh(self) -> None:
-        mapping = {}
-        for uid, cgroups in self.resolver.pods().items():
-            pid = first_pid(c.path for c in cgroups)
-            if pid is None:
-                continue
-            try:
-                mapping[os.stat(f"/proc/{pid}/ns/net").st_ino] = uid
-            except PermissionError:
-                if not self._warned:
-                    self._warned = True
-                    log.warning("cannot read /proc/%d/ns/net (needs CAP_SYS_PTRACE when pod "
-                                "processes run as other users or with other capabilities): "
-                                "drops inside pods' network namespaces are exported without "
-                                "pod labels; drops on their host veths are not affected", pid)
-                continue
-            except OSError:  # exited meanwhile
-                continue
-        self._by_inum = mapping
-        self._missed.clear()
-        self._last = self.clock()
+    def _inum_of(self, cgroups) -> int | None:
+        pid = first_pid(c.path for c in cgroups)
+        if pid is None:
+            return None
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino
+        except PermissionError:
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot read /proc/%d/ns/net (needs CAP_SYS_PTRACE when pod "
+                            "processes run as other users or with other capabilities): "
+                            "drops inside pods' network namespaces are exported without "
+                            "pod labels; drops on their host veths are not affected", pid)
+        except OSError:  # exited meanwhile
+            pass
+        return None
+
+    def refresh(self, full: bool = False) -> None:
+        pods = self.resolver.pods()
+        by_uid = {uid: inum for uid, inum in self._by_uid.items()
+                  if uid in pods and not full}
+        for uid, cgroups in pods.items():
+            if uid not in by_uid:
+                inum = self._inum_of(cgroups)
+                if inum is not None:
+                    by_uid[uid] = inum
+        self._by_uid = by_uid
+        self._by_inum = {inum: uid for uid, inum in by_uid.items()}  # later (newer) wins
 
     def resolve(self, inums) -> dict[int, str | None]:
-        unknown = [i for i in inums if i not in self._by_inum]
-        if self.clock() - self._last > NETNS_REFRESH_SECONDS or any(
-                i not in self._missed for i in unknown):
-            self.refresh()
-            self._missed.update(i for i in inums if i not in self._by_inum)
+        self.refresh()
+        unknown = [i for i in inums if i not in self._by_inum and i not in self._missed]
+        if unknown:
+            if len(self._missed) > self.MAX_MISSED:
+                self._missed.clear()
+            self.refresh(full=True)
+            self._missed.update(i for i in unknown if i not in self._by_inum)
         return {i: self._by_inum.get(i) for i in inums}
 
 
@@ -194,7 +205,7 @@ class DropCollector:
         self.labeler = labeler
         self.grace_seconds = grace_seconds
         self.clock = clock
-        self.netns = PodNetns(resolver, clock)
+        self.netns = PodNetns(resolver)
         self.reason = ReasonNamer()
         self.deltas = KeyedDeltas(self._resolve, lambda key: (key.netns, key.ifindex),
                                   unresolved_owner="")
@@ -225,7 +236,7 @@ class DropCollector:
     def collect(self):
         family = self._family()
         now = self.clock()
-        (rows,), live, (entries,) = self.deltas.take([(self.table, sum_u64)])
+        (rows,), live, (entries,) = self.deltas.take([self.table])
         for uid in live:
             self.pods.setdefault(uid, PodDrops(now)).last_live = now
         for uid, key, (n,) in rows:

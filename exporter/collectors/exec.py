@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily
 from .. import bpfload, btf, names
 from ..kuberoots import RootSync, choose_level
 from .cgroupdeltas import (UNRESOLVED, CgroupDeltas, container_labels, map_families,
-                           percpu_slot, sum_u64)
+                           percpu_slot)
 from .topn import OTHER, NamedCounters, TopN
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class ExecCollector:
     def collect(self):
         family = self._family()
         now = self.clock()
-        (rows,), live, (entries,) = self.deltas.take([(self.counts, sum_u64)])
+        (rows,), live, (entries,) = self.deltas.take([self.counts])
         for owner in live:
             self.containers.setdefault(owner, ContainerExecs(now)).last_live = now
         per_owner: dict[tuple, dict[str, list[int]]] = defaultdict(dict)

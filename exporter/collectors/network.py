@@ -13,9 +13,13 @@ import time
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import names
-from .bpfmaps import read_items, sum_counter_array, sum_percpu
+from ..exposition import RowFamily
+from .bpfmaps import read_summed, sum_counter_array, sum_percpu
 
 MAP = "net_counters"
+# Protocol label of each protocol number the key can hold (u8): unknown ones are "other".
+_PROTOCOL_OF_NUMBER = tuple(names.PROTOCOLS[i] if i < len(names.PROTOCOLS) else "other"
+                            for i in range(256))
 FAMILIES = (  # (direction, field, metric name, help)
     (names.DIR_RECEIVE, "bytes", names.NET_RECEIVE_BYTES, "Bytes received by the pod."),
     (names.DIR_TRANSMIT, "bytes", names.NET_TRANSMIT_BYTES, "Bytes sent by the pod."),
@@ -59,8 +63,7 @@ class NetworkCollector:
                     self._retired[sample] = [old[0] + packets, old[1] + nbytes, expires]
 
     def _families(self):
-        return {(d, f): CounterMetricFamily(n, h, labels=list(names.NET_LABELS))
-                for d, f, n, h in FAMILIES}
+        return {(d, f): RowFamily(n, h, names.NET_LABELS) for d, f, n, h in FAMILIES}
 
     def describe(self):
         yield from self._families().values()
@@ -89,22 +92,21 @@ class NetworkCollector:
     def collect(self):
         families = self._families()
         links = dict(self.links.links)
-        base_cache: dict[int, tuple] = {}
-        items = read_items(self.table)
+        bases = {index: self._base_labels(link) for index, link in links.items()}
+        protocols = _PROTOCOL_OF_NUMBER
+        items = read_summed(self.table)
         totals: dict[tuple, list] = {}
-        for key, values in items:
-            link = links.get(key.ifindex)
-            if link is None:
-                continue  # removed between the event and this read; retire() has it
-            base = base_cache.get(key.ifindex)
+        for key, (packets, nbytes) in items:
+            base = bases.get(key.ifindex)
             if base is None:
-                base = base_cache[key.ifindex] = self._base_labels(link)
-            proto = names.PROTOCOLS[key.proto] if key.proto < len(names.PROTOCOLS) else "other"
-            sample = (key.dir, base + (proto,))
-            packets, nbytes = sum_percpu(values, FIELDS)
-            acc = totals.setdefault(sample, [0, 0])
-            acc[0] += packets
-            acc[1] += nbytes
+                continue  # removed between the event and this read; retire() has it
+            sample = (key.dir, base + (protocols[key.proto],))
+            acc = totals.get(sample)
+            if acc is None:
+                totals[sample] = [packets, nbytes]
+            else:  # two protocol numbers named "other"
+                acc[0] += packets
+                acc[1] += nbytes
         now = self.clock()
         with self._lock:
             for sample, (packets, nbytes, expires) in list(self._retired.items()):
@@ -115,7 +117,7 @@ class NetworkCollector:
                 acc[0] += packets
                 acc[1] += nbytes
         for (direction, labels), (packets, nbytes) in totals.items():
-            families[(direction, "packets")].add_metric(labels, packets)
-            families[(direction, "bytes")].add_metric(labels, nbytes)
+            families[(direction, "packets")].add(labels, packets)
+            families[(direction, "bytes")].add(labels, nbytes)
         yield from families.values()
         yield from self._self_families(len(items), sum_counter_array(self.failures))

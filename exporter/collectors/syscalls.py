@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .. import names
 from ..syscall_names import syscall_name
-from .bpfmaps import read_items, sum_counter_array
+from .bpfmaps import ctypes_key, read_summed, sum_counter_array
 from .topn import OTHER, NamedCounters, TopN
 
 COUNTS_MAP, LATENCY_MAP = "syscall_counts", "syscall_latency"
@@ -154,14 +154,14 @@ class SyscallCollector:
 
     def _take_deltas(self, now: float):
         """Increase of every key since the last scrape, per container; frees dead keys."""
-        counts_items = read_items(self.counts)
-        latency_items = read_items(self.latency)
+        counts_items = read_summed(self.counts)    # (calls, errors)
+        latency_items = read_summed(self.latency)  # (count,)
         ids = {k.cgroup_id for k, _ in counts_items} | {k.cgroup_id for k, _ in latency_items}
         owner, gone, unresolved = self._classify(ids, now)
         drop = gone | unresolved
         call_deltas: dict[tuple, dict[int, list[int]]] = defaultdict(dict)
         for key, values in counts_items:
-            seen = (sum(v.calls for v in values), sum(v.errors for v in values))
+            seen = values
             k = (key.cgroup_id, key.nr)
             prev = self._last_counts.get(k, (0, 0))
             acc = call_deltas[owner[key.cgroup_id]].setdefault(key.nr, [0, 0])
@@ -169,7 +169,7 @@ class SyscallCollector:
             acc[1] += seen[1] - prev[1]
             self._forget_or_keep(self.counts, key, k, seen, self._last_counts, drop)
         for key, values in latency_items:
-            seen = sum(values)
+            seen = values[0]
             k = (key.cgroup_id, key.slot)
             totals = self.containers[owner[key.cgroup_id]]
             delta = seen - self._last_slots.get(k, 0)
@@ -184,7 +184,7 @@ class SyscallCollector:
         if k[0] in drop:
             last.pop(k, None)
             try:
-                del table[key]
+                del table[ctypes_key(table, key)]
             except KeyError:
                 pass
         else:

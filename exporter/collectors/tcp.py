@@ -20,8 +20,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from .. import bpfload, btf, names
 from ..kuberoots import RootSync, choose_level
-from .bpfmaps import read_items
-from .cgroupdeltas import CgroupDeltas, map_families, percpu_slot, sum_fields, sum_u64
+from .bpfmaps import read_summed
+from .cgroupdeltas import CgroupDeltas, map_families, percpu_slot
 
 LATENCY_MAP, FAILURES_MAP, RETRANSMITS_MAP = ("tcp_connect_latency", "tcp_connect_failures",
                                               "tcp_retransmits")
@@ -108,9 +108,8 @@ class TcpCollector:
     def collect(self):
         hist, failures_f, retrans_f = self._families()
         now = self.clock()
-        (lat, fail, retr), live, entries = self.deltas.take([
-            (self.latency, sum_fields("count", "sum_ns")),
-            (self.failures, sum_u64), (self.retransmits, sum_u64)])
+        (lat, fail, retr), live, entries = self.deltas.take(
+            [self.latency, self.failures, self.retransmits])
         for uid, _ in live:
             self.pods.setdefault(uid, PodTcp(now)).last_live = now
         for (uid, _), key, (count, sum_ns) in lat:
@@ -140,4 +139,4 @@ class TcpCollector:
         yield hist
         yield failures_f
         yield retrans_f
-        yield from self._self_families(entries, len(read_items(self.connecting)))
+        yield from self._self_families(entries, len(read_summed(self.connecting)))
