@@ -207,6 +207,13 @@ async def run(cfg: Config) -> int:
                 execs.log = collectors["exec"].log = ExecLog(
                     exec_bpf, resolver, labeler, cfg.exec_log, cfg.grace_seconds).start()
                 cleanups.append(execs.log.stop)
+        # --- resize on exec (issue 8) -------------------------------------------------
+        if cfg.resize != "off":
+            from .resize.programs import ResizeOnExec
+            resize = ResizeOnExec(cfg, resolver, pod_index)
+            cleanups.append(resize.stop)
+            collectors["resize"] = resize.collector
+        # --- end resize on exec ----------------------------------------------------------
         if cfg.tcp:
             tcp_bpf, tcp_sync = load_tcp_programs(cfg, resolver)
             cleanups.append(tcp_bpf.cleanup)

@@ -76,6 +76,10 @@ class Config:
     drop_map_entries: int = 16384
     container_network: bool = False
     container_net_map_entries: int = 16384
+    # Resize on exec (issue 8).
+    resize: str = "off"
+    resize_hold_seconds: float = 30.0
+    resize_min_interval: float = 5.0
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -190,6 +194,16 @@ FLAGS = [
     ("--container-net-map-entries", "PODSNOOP_CONTAINER_NET_MAP_ENTRIES", "16384",
      bounded_int(64, 1 << 22),
      "capacity of the per-container network map (two entries per container cgroup)", {}),
+    # Resize on exec (issue 8).
+    ("--resize", "PODSNOOP_RESIZE", "off", str.lower,
+     "resize annotated pods' containers in place when a named command starts "
+     "(podsnoop.io/resize-on-exec); dry-run: log and count, send nothing; off: not loaded",
+     {"choices": ["on", "dry-run", "off"]}),
+    ("--resize-hold-seconds", "PODSNOOP_RESIZE_HOLD_SECONDS", "30", seconds,
+     "seconds after the last matched process exits before the resize down (an annotation's "
+     "holdSeconds wins)", {}),
+    ("--resize-min-interval", "PODSNOOP_RESIZE_MIN_INTERVAL", "5", seconds,
+     "minimum seconds between two resizes of the same container", {}),
 ]
 
 
@@ -250,4 +264,6 @@ def parse(argv: list[str] | None = None) -> Config:
                   drops=a.drops, drop_not_specified=a.drop_not_specified,
                   drop_map_entries=a.drop_map_entries,
                   container_network=a.container_network,
-                  container_net_map_entries=a.container_net_map_entries)
+                  container_net_map_entries=a.container_net_map_entries,
+                  resize=a.resize, resize_hold_seconds=a.resize_hold_seconds,
+                  resize_min_interval=a.resize_min_interval)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
-from . import __version__
+from . import __version__, names
 from .config import DEFAULT_GRACE_SECONDS  # noqa: F401  (one grace period for all state)
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class PodMeta:
     # allowlisted pod labels, keys already sanitized ("label_app_kubernetes_io_name")
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     phase: str = ""
+    # Resize on exec (issue 8): (annotation text, JSON of {container: spec resources}) for
+    # pods with the podsnoop.io/resize-on-exec annotation, None for every other pod.
+    resize: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         # Read-only views: a PodMeta handed to a collector cannot be changed under it.
@@ -130,7 +133,21 @@ def pod_meta(obj: Mapping[str, Any], allowlist: LabelAllowlist | None = None) ->
         containers=_container_ids(status),
         labels=allowlist.select(md.get("labels")) if allowlist else {},
         phase=status.get("phase") or "",
+        resize=_resize_on_exec(md, spec),
     )
+
+
+# --- resize on exec (issue 8) ----------------------------------------------------------
+def _resize_on_exec(md: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Only annotated pods keep anything: the annotation, and their containers' resources
+    (what a resize up returns to when the annotation gives no "down")."""
+    text = (md.get("annotations") or {}).get(names.RESIZE_ANNOTATION)
+    if text is None:
+        return None
+    resources = {c.get("name") or "": c.get("resources") or {}
+                 for c in spec.get("containers") or ()}
+    return (str(text), json.dumps(resources, sort_keys=True))
+# --- end resize on exec ----------------------------------------------------------------
 
 
 # --- index ---------------------------------------------------------------------------

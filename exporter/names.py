@@ -74,3 +74,19 @@ SERIES_CAP_DROPPED = "podsnoop_series_cap_dropped"
 SCRAPE_COLLECTOR_DURATION = "podsnoop_scrape_collector_duration_seconds"
 SCRAPE_COLLECTOR_SUCCESS = "podsnoop_scrape_collector_success"
 BUILD_INFO = "podsnoop_build_info"
+
+# Resize on exec (issue 8): pods opt in with this annotation; bpf/resize.c matches execs in
+# the kernel and exporter/resize/ patches the container's resources through the API.
+RESIZE_ANNOTATION = "podsnoop.io/resize-on-exec"
+RESIZE_ACTIONS = "podsnoop_resize_actions"                  # _total added by the client
+RESIZE_ACTION_LABELS = ("namespace", "pod", "container", "direction", "result")
+RESIZE_DIRECTIONS = ("up", "down")
+RESIZE_RESULTS = ("applied", "failed", "dry_run")
+RESIZE_TRIGGER_LATENCY = "podsnoop_resize_trigger_latency_seconds"  # kernel exec -> PATCH sent
+RESIZE_ANNOTATION_ERRORS = "podsnoop_resize_annotation_errors"
+RESIZE_ANNOTATION_ERROR_LABELS = ("namespace", "pod", "reason")
+RESIZE_ARMED = "podsnoop_resize_armed"                      # 1 per container being watched
+RESIZE_MATCHED_PROCESSES = "podsnoop_resize_matched_processes"
+RESIZE_STATUS = "podsnoop_resize_status"                    # last read-back, 1 on its status
+RESIZE_TARGET_LABELS = ("namespace", "pod", "container")
+RESIZE_EVENTS_DROPPED = "podsnoop_resize_events_dropped"

@@ -53,6 +53,8 @@ class LoggedRequest:
     query: dict[str, str]
     time: float = field(default_factory=time.monotonic)
     status: int | None = None
+    body: Any = None          # a PATCH's JSON body (resize on exec)
+    content_type: str = ""
 
     @property
     def watch(self) -> bool:
@@ -161,6 +163,11 @@ class KubeApiServer:
         self._down = False
         self._watches: dict[int, tuple[asyncio.Queue, web.Request]] = {}  # by id(queue)
         self._log: list[LoggedRequest] = []
+        # Resize on exec (issue 8): False makes pods/resize answer 404, as before 1.33;
+        # resize_outcome None: the kubelet applies a resize at once, "Deferred" or
+        # "Infeasible": it reports the resize pending for that reason.
+        self.resize_subresource = True
+        self.resize_outcome: str | None = None
         self._ip = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -221,6 +228,9 @@ class KubeApiServer:
         app.router.add_get("/api/v1/pods", self._pods_handler)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", self._pods_handler)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self._pod_handler)
+        app.router.add_patch("/api/v1/namespaces/{namespace}/pods/{name}", self._patch_pod)
+        app.router.add_patch("/api/v1/namespaces/{namespace}/pods/{name}/resize",
+                             self._patch_resize)
         # handler_cancellation: a watch whose client went away ends (and leaves open_watches).
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      handler_cancellation=True,
@@ -289,14 +299,17 @@ class KubeApiServer:
                 containers: Iterable[str] | Mapping[str, str] = ("app",),
                 init_containers: Iterable[str] | Mapping[str, str] = (),
                 ephemeral_containers: Iterable[str] | Mapping[str, str] = (),
-                phase: str | None = None) -> dict:
+                phase: str | None = None, annotations: Mapping[str, str] | None = None,
+                resources: Mapping[str, dict] | None = None) -> dict:
         """Create a pod (running, with containerd ids) and return it.
 
         `containers` is names, or name -> bare container id to choose the ids. A pod with
-        `node=None` is unscheduled: Pending, no container statuses.
+        `node=None` is unscheduled: Pending, no container statuses. `resources`: container
+        name -> its spec resources ({"requests": {...}, "limits": {...}}).
         """
         pod = self._build_pod(name, namespace, node, uid or str(uuid.uuid4()), labels,
-                              containers, init_containers, ephemeral_containers, phase)
+                              containers, init_containers, ephemeral_containers, phase,
+                              annotations=annotations, resources=resources)
         return self._call(self._commit, pod["metadata"]["uid"], pod, created=True)
 
     def add_pods(self, count: int, node: str | None = DEFAULT_NODE, *,
@@ -310,12 +323,15 @@ class KubeApiServer:
                                    for p in pods])
 
     def update_pod(self, uid: str, *, labels: Mapping[str, str] | None = None,
-                   phase: str | None = None, node: str | None = None) -> dict:
-        """Change labels, phase and/or bind an unscheduled pod to `node`."""
+                   phase: str | None = None, node: str | None = None,
+                   annotations: Mapping[str, str] | None = None) -> dict:
+        """Change labels, annotations, phase and/or bind an unscheduled pod to `node`."""
         def change() -> dict:
             pod = copy.deepcopy(self._pods[uid])
             if labels is not None:
                 pod["metadata"]["labels"] = dict(labels)
+            if annotations is not None:
+                pod["metadata"]["annotations"] = dict(annotations)
             if phase is not None:
                 pod["status"]["phase"] = phase
             if node is not None:
@@ -396,7 +412,7 @@ class KubeApiServer:
     # -- building pods (pure but for the IP counter) and changing state (loop thread) --
 
     def _build_pod(self, name, namespace, node, uid, labels, containers, init_containers,
-                   ephemeral_containers, phase) -> dict:
+                   ephemeral_containers, phase, *, annotations=None, resources=None) -> dict:
         self._ip += 1
         pod = {
             "metadata": {
@@ -421,6 +437,11 @@ class KubeApiServer:
                 "ephemeralContainerStatuses": _ids(ephemeral_containers),
             },
         }
+        if annotations:
+            pod["metadata"]["annotations"] = dict(annotations)
+        for c in pod["spec"]["containers"]:
+            if resources and c["name"] in resources:
+                c["resources"] = copy.deepcopy(dict(resources[c["name"]]))
         if node:
             pod["spec"]["nodeName"] = node
             self._start_containers(pod)
@@ -441,6 +462,8 @@ class KubeApiServer:
                 continue
             chosen = ids.get(key, {})
             init = key == "initContainerStatuses"
+            # what a kubelet reports as configured: the spec's resources (resize, issue 8)
+            wanted = {c["name"]: c.get("resources") for c in pod["spec"][spec_key]}
             state = ({"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": _now()}}
                      if init else {"running": {"startedAt": _now()}})
             st[key] = [{
@@ -448,6 +471,7 @@ class KubeApiServer:
                 "image": f"registry.example/{n}:1.0", "imageID": "sha256:" + secrets.token_hex(32),
                 "ready": not init, "started": not init, "restartCount": 0,
                 "state": copy.deepcopy(state), "lastState": {},
+                **({"resources": copy.deepcopy(wanted[n])} if wanted.get(n) else {}),
             } for n in names]
 
     def _commit(self, uid: str, new: dict | None, *, final: dict | None = None,
@@ -518,6 +542,74 @@ class KubeApiServer:
                 request[LOG_KEY].status = 200
                 return web.json_response(self._with_kind(self._serve_copy(pod)))
         return self._error(request, 404, f'pods "{name}" not found')
+
+    # -- resize (issue 8): PATCH of a pod or of its pods/resize subresource --
+
+    async def _patch_resize(self, request: web.Request) -> web.Response:
+        if not self.resize_subresource:   # a cluster before 1.33
+            request[LOG_KEY].content_type = request.content_type
+            try:
+                request[LOG_KEY].body = json.loads(await request.text())
+            except ValueError:
+                pass
+            return self._error(request, 404, "the server could not find the requested resource")
+        return await self._patch(request, subresource=True)
+
+    async def _patch_pod(self, request: web.Request) -> web.Response:
+        return await self._patch(request, subresource=False)
+
+    async def _patch(self, request: web.Request, subresource: bool) -> web.Response:
+        """A strategic-merge patch of spec.containers[].resources, nothing else; the
+        kubelet's answer (status resources, or a pending condition) is set at once."""
+        entry = request[LOG_KEY]
+        entry.content_type = request.content_type
+        try:
+            entry.body = body = json.loads(await request.text())
+        except ValueError as exc:
+            return self._error(request, 400, f"invalid JSON: {exc}")
+        if request.content_type != "application/strategic-merge-patch+json":
+            return self._error(request, 415, f"unsupported patch type {request.content_type}")
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        uid = next((u for u, p in self._pods.items() if p["metadata"]["namespace"] == ns
+                    and p["metadata"]["name"] == name), None)
+        if uid is None:
+            return self._error(request, 404, f'pods "{name}" not found')
+        changes = body.get("spec", {}).get("containers") if isinstance(body, dict) else None
+        if (not isinstance(changes, list) or set(body) != {"spec"} or set(body["spec"]) !=
+                {"containers"} or any(set(c) - {"name", "resources"} for c in changes)):
+            return self._error(request, 422, "only spec.containers[*].resources may change")
+        pod = copy.deepcopy(self._pods[uid])
+        by_name = {c["name"]: c for c in pod["spec"]["containers"]}
+        for change in changes:
+            target = by_name.get(change.get("name"))
+            if target is None:
+                return self._error(request, 422, f"no container {change.get('name')!r}")
+            resources = target.setdefault("resources", {})
+            for kind, part in (change.get("resources") or {}).items():
+                merged = resources.setdefault(kind, {})
+                for res, qty in part.items():
+                    if qty is None:
+                        merged.pop(res, None)
+                    else:
+                        merged[res] = qty
+        status = pod["status"]
+        status["conditions"] = [c for c in status.get("conditions") or ()
+                                if c.get("type") not in ("PodResizePending",
+                                                         "PodResizeInProgress")]
+        status.pop("resize", None)
+        if self.resize_outcome:
+            status["conditions"].append({
+                "type": "PodResizePending", "status": "True", "reason": self.resize_outcome,
+                "message": f"test API server: resize {self.resize_outcome.lower()}",
+                "lastTransitionTime": _now()})
+            if not subresource:
+                status["resize"] = self.resize_outcome   # what 1.27-1.32 report
+        else:
+            for cs in status.get("containerStatuses") or ():
+                if cs["name"] in by_name:
+                    cs["resources"] = copy.deepcopy(by_name[cs["name"]].get("resources") or {})
+        entry.status = 200
+        return web.json_response(self._with_kind(self._commit(uid, pod)))
 
     @staticmethod
     def _with_kind(pod: dict) -> dict:
