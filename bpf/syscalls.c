@@ -4,7 +4,8 @@
 // call (and an error if it returned < 0) under (cgroup id, syscall nr) and adds the latency
 // to a per-cgroup log2 histogram. Only tasks below a kubepods root are counted when FILTER_PODS
 // is 1: the task's ancestor cgroup at KUBEPODS_LEVEL must be one of the roots userspace put
-// in kubepods_roots. Host processes pay one helper call and one hash lookup per tracepoint.
+// in kubepods_roots. Host processes pay one helper call and one hash lookup on entry and one
+// task-storage read on exit (sys_exit counts only calls whose entry was tracked).
 //
 // Raw tracepoints (BPF_PROG_TYPE_RAW_TRACEPOINT), not the perf-event kind: they skip the
 // perf record set-up on every syscall, and, more important, a perf-event tracepoint program
@@ -91,8 +92,20 @@ static __always_inline long syscall_nr(const void *regs)
 RAW_TRACEPOINT_PROBE(sys_exit)
 {
     // args: (struct pt_regs *regs, long ret)
+#if LATENCY
+    // sys_enter stored an entry time only for tracked tasks: finding one is the pod filter
+    // here, one task-storage read instead of the ancestor walk and hash lookup of tracked().
+    // (A syscall whose entry we did not see, e.g. attached mid-call, or a new thread's
+    // return from clone, is not counted: one call, one count.)
+    u64 *start = syscall_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!start || !*start)
+        return 0;
+    u64 start_ns = *start;
+    *start = 0;
+#else
     if (!tracked())
         return 0;
+#endif
     long nr = syscall_nr((const void *)ctx->args[0]);
     if (nr < 0)  // no syscall (e.g. a restarted or ptrace-cancelled one)
         return 0;
@@ -109,18 +122,14 @@ RAW_TRACEPOINT_PROBE(sys_exit)
         count_failure(0);
     }
 #if LATENCY
-    u64 *start = syscall_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
-    if (start && *start) {
-        u64 delta = bpf_ktime_get_ns() - *start;
-        *start = 0;  // a syscall whose entry we did not see (attached mid-call) is skipped
-        struct latency_key lkey = {.cgroup_id = cgroup_id, .slot = bpf_log2l(delta)};
-        u64 zero_count = 0;
-        u64 *count = syscall_latency.lookup_or_try_init(&lkey, &zero_count);
-        if (count)
-            *count += 1;
-        else
-            count_failure(1);
-    }
+    u64 delta = bpf_ktime_get_ns() - start_ns;
+    struct latency_key lkey = {.cgroup_id = cgroup_id, .slot = bpf_log2l(delta)};
+    u64 zero_count = 0;
+    u64 *count = syscall_latency.lookup_or_try_init(&lkey, &zero_count);
+    if (count)
+        *count += 1;
+    else
+        count_failure(1);
 #endif
     return 0;
 }

@@ -3,7 +3,10 @@
 A pod veth is, from the host's side, a veth whose peer lives in another network namespace
 (the link carries IFLA_LINK_NETNSID). We list them at start, then follow RTM_NEWLINK /
 RTM_DELLINK: a new pod's veth is attached as soon as its event arrives; a deleted one is
-forgotten (the kernel removed its filters with it) and its counters are retired.
+forgotten (the kernel removed its filters with it) and its counters are retired. We also
+follow the TC group: when a filter in our slot or the clsact qdisc of an attached veth is
+deleted under us (an admin, a CNI, a newer podsnoop of a rolling update that exited first),
+our filter is put back at once (TcAttacher.repair) and the repair counted.
 """
 from __future__ import annotations
 
@@ -15,10 +18,10 @@ from typing import Callable
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_TC
 
 from . import tcx
-from .tc import GONE, ForeignFilterError, TcAttacher
+from .tc import GONE, HOOK_NAMES, ForeignFilterError, TcAttacher
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class LinkManager:
         self.on_removed = on_removed
         self.links: dict[int, PodLink] = {}
         self.attach_failures = 0
+        self.repairs = 0          # hooks whose filter we put back after it was deleted
         self._events: AsyncIPRoute | None = None
         self._tasks: list[asyncio.Task] = []
         self._new_link_seen = False
@@ -61,7 +65,7 @@ class LinkManager:
     async def start(self) -> None:
         # Subscribe before listing, so a link created in between is not missed.
         self._events = AsyncIPRoute()
-        await self._events.bind(groups=RTMGRP_LINK)
+        await self._events.bind(groups=RTMGRP_LINK | RTMGRP_TC)
         await self.netns_index.refresh(force=True)
         for msg in [m async for m in await self.attacher.ipr.get_links()]:
             if self._wanted(msg):
@@ -148,8 +152,37 @@ class LinkManager:
                         self._forget(msg["index"])
                     elif msg["event"] == "RTM_DELLINK":
                         self._forget(msg["index"])
+                    elif msg["event"] in ("RTM_DELTFILTER", "RTM_DELQDISC") and \
+                            self._lost_ours(msg):
+                        await self._repair(self.links[msg["index"]])
                 except Exception:  # one bad event must not stop the watch
                     log.exception("handling %s failed", msg.get("event"))
+
+    def _lost_ours(self, msg) -> bool:
+        """A deletion that may have taken our filter off an attached pod veth."""
+        link = self.links.get(msg["index"])
+        if link is None or not link.attached:
+            return False
+        if msg["event"] == "RTM_DELQDISC":
+            return msg.get("TCA_KIND") == "clsact"
+        return msg["parent"] in HOOK_NAMES and msg["info"] >> 16 == self.attacher.priority
+
+    async def _repair(self, link: PodLink) -> None:
+        try:
+            fixed = await self.attacher.repair(link.index)
+        except ForeignFilterError as e:
+            link.attached = False
+            self.attach_failures += 1
+            log.error("our filter on %s was replaced by a foreign one: %s", link.name, e)
+            return
+        except NetlinkError as e:
+            if e.code not in GONE:  # gone: the link's own deletion event follows
+                log.error("putting our filter back on %s failed: %s", link.name, e)
+            return
+        if fixed:
+            self.repairs += fixed
+            log.warning("our filter on %s (pod %s) was deleted by someone else: put back "
+                        "on %d hook(s)", link.name, link.pod_uid or "?", fixed)
 
     async def _resolve_pods(self) -> None:
         """Give links whose pod was not known yet (pod process not started) their pod.

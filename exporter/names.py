@@ -65,6 +65,8 @@ POD_INFO = "podsnoop_pod_info"
 # Self metrics.
 ATTACHED_INTERFACES = "podsnoop_attached_interfaces"
 INTERFACES_BEHIND_TCX = "podsnoop_interfaces_behind_tcx"
+TC_FILTER_REPAIRS = "podsnoop_tc_filter_repairs"        # counter: filters put back
+TC_ATTACH_FAILURES = "podsnoop_tc_attach_failures"      # counter
 BPF_MAP_ENTRIES = "podsnoop_bpf_map_entries"
 BPF_MAP_MAX_ENTRIES = "podsnoop_bpf_map_max_entries"
 BPF_MAP_UPDATE_FAILURES = "podsnoop_bpf_map_update_failures"

@@ -6,7 +6,9 @@ its name starts with "podsnoop". The name also carries the owning process id
 - attach takes over a podsnoop filter in our slot (a crashed run's leftover, or an older
   instance during a rolling update) by replacing it: never two of ours on one hook;
 - detach deletes only the filters this process attached, never a newer instance's;
-- sweep (at start) deletes podsnoop filters whose owner process is gone.
+- sweep (at start) deletes podsnoop filters whose owner process is gone;
+- repair puts ours back on a hook whose slot was emptied while we run (links.py follows the
+  kernel's filter and qdisc deletions), unless a live podsnoop instance holds it.
 We never delete a filter by priority alone, never replace a filter that is not podsnoop's,
 and delete a clsact qdisc only if this process created it and it is empty. CNIs (Cilium,
 Calico) keep their own filters on the same hooks.
@@ -88,6 +90,21 @@ class TcAttacher:
             command = "replace-filter" if await self.our_filters(index, hook) else "add-filter"
             await self.ipr.tc(command, "bpf", index, HANDLE, fd=fd, name=name, parent=hook,
                               classid=1, direct_action=True, prio=self.priority)
+
+    async def repair(self, index: int) -> int:
+        """Put our filter back on each hook whose podsnoop slot is empty (someone deleted
+        our filter, or the clsact qdisc with it). A hook holding any live podsnoop
+        instance's filter is left alone: it counts the same packets. Returns hooks fixed."""
+        await self._ensure_clsact(index)
+        fixed = 0
+        for hook, (name, fd) in self.programs.items():
+            if any(owner_alive(n) for n in await self.our_filters(index, hook)):
+                continue
+            command = "replace-filter" if await self.our_filters(index, hook) else "add-filter"
+            await self.ipr.tc(command, "bpf", index, HANDLE, fd=fd, name=name, parent=hook,
+                              classid=1, direct_action=True, prio=self.priority)
+            fixed += 1
+        return fixed
 
     async def detach(self, index: int) -> None:
         """Remove our filters; the qdisc too, if we made it and nothing else uses it."""

@@ -142,6 +142,54 @@ def test_older_instance_exiting_leaves_the_newer_ones_filters(pods):
     assert tc_lines(pod.host_if) == []
 
 
+REPAIRS = names.TC_FILTER_REPAIRS + "_total"
+
+
+def test_deleted_filter_and_qdisc_are_put_back(pods):
+    pod = pods.create()
+    proc = run_exporter(pods)
+    try:
+        wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
+        assert proc.metrics().value(REPAIRS) == 0
+        subprocess.run(["tc", "filter", "del", "dev", pod.host_if, "ingress", "pref", "50000"],
+                       check=True)
+        wait_for(lambda: len(our_filters(pod.host_if)) == 2, timeout=2, what="filter put back")
+        assert all(f"@{proc.proc.pid}" in ln for ln in our_filters(pod.host_if))
+        wait_for(lambda: proc.metrics().value(REPAIRS) == 1, what="one repair counted")
+        subprocess.run(["tc", "qdisc", "del", "dev", pod.host_if, "clsact"], check=True)
+        wait_for(lambda: len(our_filters(pod.host_if)) == 2, timeout=2, what="qdisc put back")
+        wait_for(lambda: proc.metrics().value(REPAIRS) == 3, what="both hooks counted")
+        before = pod.host_stats()["tx_packets"]
+        pod.exec(["ping", "-c", "3", "-i", "0.05", "-q", pod.host_ip])
+        wait_for(lambda: proc.metrics().value(TRANSMIT_ICMP, interface=pod.host_if,
+                                              protocol="icmp") >= 3, what="counting again")
+        assert pod.host_stats()["tx_packets"] > before
+    finally:
+        assert proc.stop() == 0
+    assert tc_lines(pod.host_if) == []
+
+
+def test_newer_instance_exiting_first_gives_the_hooks_back(pods):
+    """A rolled-back update: the newer instance took over our filters, then exits first."""
+    pod = pods.create()
+    old = run_exporter(pods)
+    try:
+        wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
+        new = run_exporter(pods)
+        wait_for(lambda: all(f"@{new.proc.pid}" in ln for ln in our_filters(pod.host_if)),
+                 what="the new instance to take over")
+        assert new.stop() == 0
+        wait_for(lambda: len(our_filters(pod.host_if)) == 2 and all(
+            f"@{old.proc.pid}" in ln for ln in our_filters(pod.host_if)), timeout=2,
+            what="the older instance to put its filters back")
+        pod.exec(["ping", "-c", "2", "-i", "0.05", "-q", pod.host_ip])
+        wait_for(lambda: old.metrics().value(TRANSMIT_ICMP, interface=pod.host_if,
+                                             protocol="icmp") >= 2, what="counting")
+    finally:
+        assert old.stop() == 0
+    assert tc_lines(pod.host_if) == []
+
+
 def test_tcx_program_in_front_is_detected(pods, kernel):
     """Cilium in TCX mode (kernel >= 6.6): a tcx program with a final verdict runs before
     clsact, so our filter never sees those packets. podsnoop must say so, not stay silent."""

@@ -87,7 +87,14 @@ class NetworkCollector:
                               "Pod interfaces whose tcx programs (kernel >= 6.6) run before "
                               "podsnoop's filter and may hide packets from it.")
         t.add_metric([], sum(1 for link in links if link.attached and link.behind_tcx))
-        return e, m, f, a, t
+        r = CounterMetricFamily(names.TC_FILTER_REPAIRS,
+                                "Hooks of pod interfaces whose podsnoop filter someone else "
+                                "deleted while podsnoop ran, and podsnoop put back.")
+        r.add_metric([], self.links.repairs)
+        x = CounterMetricFamily(names.TC_ATTACH_FAILURES,
+                                "Pod interfaces podsnoop could not attach to (see the log).")
+        x.add_metric([], self.links.attach_failures)
+        return e, m, f, a, t, r, x
 
     def collect(self):
         families = self._families()
