@@ -198,6 +198,7 @@ def walk_kubepods(kubepods_root: str, previous: PodWalks | None = None,
         parent, qos = levels.pop()
         for name, path, ino in _subdirs(parent):
             if m := _POD_DIR.match(name):
+                found = stamp = None
                 if previous is not None or walks is not None:
                     try:
                         stamp = (ino, os.stat(path).st_nlink)
@@ -206,16 +207,13 @@ def walk_kubepods(kubepods_root: str, previous: PodWalks | None = None,
                     seen = previous.get(path) if previous is not None else None
                     if seen is not None and seen[0] == stamp:
                         found = seen[1]
-                    else:
-                        uid = m.group(1).replace("_", "-").lower()
-                        found = []
-                        _walk_pod(CgroupInfo(ino, path, uid, "", qos, ""), found)
-                    if walks is not None:
-                        walks[path] = (stamp, found)
-                    out.extend(found)
-                else:
+                if found is None:
+                    found = []
                     uid = m.group(1).replace("_", "-").lower()
-                    _walk_pod(CgroupInfo(ino, path, uid, "", qos, ""), out)
+                    _walk_pod(CgroupInfo(ino, path, uid, "", qos, ""), found)
+                if walks is not None:
+                    walks[path] = (stamp, found)
+                out.extend(found)
             elif parent == kubepods_root and (m := _QOS_DIR.match(name)):
                 levels.append((path, m.group(1)))
     return out

@@ -142,21 +142,21 @@ class LinkManager:
     async def _follow_events(self) -> None:
         while True:
             async for msg in self._events.get():
+                event = msg.get("event")  # None for TC group messages pyroute2 does not parse
                 try:
-                    if msg["event"] == "RTM_NEWLINK" and self._wanted(msg):
+                    if event == "RTM_NEWLINK" and self._wanted(msg):
                         await self._add(msg)
-                    elif msg["event"] == "RTM_NEWLINK" and msg["index"] in self.links:
+                    elif event == "RTM_NEWLINK" and msg["index"] in self.links:
                         # Still there but no longer wanted (renamed out of --interfaces):
                         # our filters must not stay behind on it.
                         await self._detach_quietly(self.links[msg["index"]])
                         self._forget(msg["index"])
-                    elif msg["event"] == "RTM_DELLINK":
+                    elif event == "RTM_DELLINK":
                         self._forget(msg["index"])
-                    elif msg["event"] in ("RTM_DELTFILTER", "RTM_DELQDISC") and \
-                            self._lost_ours(msg):
+                    elif event in ("RTM_DELTFILTER", "RTM_DELQDISC") and self._lost_ours(msg):
                         await self._repair(self.links[msg["index"]])
                 except Exception:  # one bad event must not stop the watch
-                    log.exception("handling %s failed", msg.get("event"))
+                    log.exception("handling %s failed", event)
 
     def _lost_ours(self, msg) -> bool:
         """A deletion that may have taken our filter off an attached pod veth."""

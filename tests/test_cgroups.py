@@ -278,6 +278,30 @@ def test_rescans_are_rate_limited(tree):
     assert r.unresolved == 4 and r.unresolved_lookups == 106
 
 
+def test_quick_rescan_rewalks_only_changed_pods_and_a_miss_walks_all(tree):
+    """The periodic rescan skips pod directories whose link count is unchanged; a container
+    replaced by another in between (same count) is still found, by a miss's full walk."""
+    pod = tree.mk(SYSTEMD_POD["burstable"].format(u=_us(UID)))
+    old = tree.mk(f"{pod}/cri-containerd-{_cid()}.scope")
+    clock = FakeClock()
+    r = CgroupResolver(root=tree.root, clock=clock)
+    old_id = ino(old)
+    assert r.lookup(old_id) is not None
+    full = r.full_rescans
+    added = tree.mk(f"{pod}/cri-containerd-{_cid()}.scope")   # count changes: re-walked
+    r.rescan(full=False)
+    assert r.lookup(ino(added)) is not None and r.full_rescans == full
+    tree.rm(old)
+    new_cid = _cid()
+    replaced = tree.mk(f"{pod}/cri-containerd-{new_cid}.scope")  # count as before
+    r.rescan(full=False)
+    assert r._by_id.get(ino(replaced)) is None    # the quick walk cannot see it
+    clock.now = 10.0
+    assert r.lookup(ino(replaced)).container_id == new_cid   # the miss walks everything
+    assert r.full_rescans == full + 1
+    assert r._by_id.get(old_id) is None    # and the gone one is gone
+
+
 def test_new_container_found_by_miss_triggered_rescan(tree):
     pod = tree.mk(SYSTEMD_POD["burstable"].format(u=_us(UID)))
     clock = FakeClock()

@@ -167,6 +167,7 @@ def test_deleted_filter_and_qdisc_are_put_back(pods):
     finally:
         assert proc.stop() == 0
     assert tc_lines(pod.host_if) == []
+    assert "Traceback" not in proc.output(), proc.output()[-3000:]
 
 
 def test_newer_instance_exiting_first_gives_the_hooks_back(pods):
@@ -188,6 +189,7 @@ def test_newer_instance_exiting_first_gives_the_hooks_back(pods):
     finally:
         assert old.stop() == 0
     assert tc_lines(pod.host_if) == []
+    assert "Traceback" not in old.output() + new.output()
 
 
 def test_tcx_program_in_front_is_detected(pods, kernel):
