@@ -143,6 +143,12 @@ def _sum_values(value) -> tuple[int, ...]:
     return (sum(int(getattr(v, "value", v)) for v in per_cpu),)
 
 
+def c_string(value) -> str:
+    """A char[] field (bcc gives bytes up to the first NUL; a decoded key gives all of
+    them) as text."""
+    return bytes(value).split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+
 def read_items(table) -> list:
     """All (key, value) pairs through bcc; one syscall per batch instead of two per key."""
     try:

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from .. import bpfload, btf, names
 from ..kuberoots import RootSync, choose_level
+from .bpfmaps import c_string
 from .cgroupdeltas import (UNRESOLVED, CgroupDeltas, container_labels, map_families,
                            percpu_slot)
 from .topn import OTHER, NamedCounters, TopN
@@ -50,13 +51,8 @@ def load_programs(cfg, resolver):
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
 
 
-def _cstr(value) -> str:
-    """A char[] field (bcc gives bytes up to the first NUL) as text."""
-    return bytes(value).split(b"\0", 1)[0].decode("utf-8", errors="replace")
-
-
 def _comm(key) -> str:
-    return _cstr(key.comm)
+    return c_string(key.comm)
 
 
 class ContainerExecs(NamedCounters):
@@ -173,7 +169,7 @@ class ExecLog:
             e = self.bpf["exec_events"].event(data)
             wall = time.time() - (_boottime() - e.time_ns / 1e9)
             record = {"time": _iso(wall), "pid": e.pid, "ppid": e.ppid, "uid": e.uid,
-                      "comm": _cstr(e.comm), "filename": _cstr(e.filename)}
+                      "comm": c_string(e.comm), "filename": c_string(e.filename)}
             with self._lock:
                 ring = self._by_cgroup.get(e.cgroup_id)
                 if ring is None:

@@ -17,6 +17,7 @@ import threading
 import time
 
 from .. import bpfload, kube, names
+from ..collectors.bpfmaps import c_string
 from ..errors import PodsnoopError
 from . import annotation
 from .actuator import Actuator, PodPatcher
@@ -39,10 +40,6 @@ def load_program():
         RESIZE_MAX_RULES=MAX_RULES, RESIZE_MAX_LIVE=MAX_LIVE,
         RESIZE_RINGBUF_PAGES=RINGBUF_PAGES, RESIZE_EVENT_EXEC=EVENT_EXEC,
         RESIZE_EVENT_EXIT=EVENT_EXIT))
-
-
-def _cstr(value) -> str:
-    return bytes(value).split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
 
 class RuleSync:
@@ -147,7 +144,7 @@ class EventReader:
         try:
             e = self.bpf["resize_events"].event(data)
             if e.kind == EVENT_EXEC:
-                self.actuator.on_exec(e.cgroup_id, e.pid, e.time_ns, _cstr(e.comm))
+                self.actuator.on_exec(e.cgroup_id, e.pid, e.time_ns, c_string(e.comm))
             elif e.kind == EVENT_EXIT:
                 self.actuator.on_exit(e.cgroup_id, e.pid)
         except Exception:  # never raise into bcc's C callback
