@@ -88,15 +88,14 @@ def preflight(need_tracefs: bool) -> None:
         ensure_tracefs()
 
 
-def tracepoint_has_field(category: str, event: str, field: str) -> bool:
-    """Whether a tracepoint's record has a field (fields get added across kernel versions)."""
+def tracepoint_fields(category: str, event: str) -> set[str]:
+    """Field names of a tracepoint's record (fields get added across kernel versions);
+    empty if tracefs does not have it."""
     try:
         text = Path(TRACEFS, "events", category, event, "format").read_text()
     except OSError:
-        return False
-    return any(line.strip().startswith("field:") and
-               line.split(";")[0].split()[-1].split("[")[0] == field
-               for line in text.splitlines())
+        return set()
+    return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
 
 
 def defines(**extra: int) -> list[str]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 import time
 
 from prometheus_client.core import CounterMetricFamily
@@ -78,18 +77,9 @@ def host_netns_inum() -> int:
 FORMAT = bpfload.TRACEFS + "/events/skb/kfree_skb/format"
 
 
-def tracepoint_fields(path: str = FORMAT) -> set[str]:
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return set()
-    return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
-
-
 def load_programs(cfg):
     """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the drop program."""
-    fields = tracepoint_fields()
+    fields = bpfload.tracepoint_fields("skb", "kfree_skb")
     if "reason" not in fields:
         raise PodsnoopError("the skb:kfree_skb tracepoint of this kernel has no drop reason "
                             "(kernel 5.17 or later has it)",

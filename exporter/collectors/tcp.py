@@ -48,7 +48,7 @@ def load_programs(cfg, resolver):
         FILTER_PODS=1, KUBEPODS_LEVEL=level, TCP_MAX_ENTRIES=cfg.tcp_map_entries,
         TCP_COUNTER_ENTRIES=COUNTER_ENTRIES_PER_MAP, **btf.socket_offsets(),
         **btf.tcp_skb_offsets(),
-        RETRANSMIT_HAS_ERR=int(bpfload.tracepoint_has_field("tcp", "tcp_retransmit_skb", "err")),
+        RETRANSMIT_HAS_ERR=int("err" in bpfload.tracepoint_fields("tcp", "tcp_retransmit_skb")),
         **{"CONNECT_BUCKET(ns)": bucket_macro()}) + [f"-I{bpfload.BPF_DIR}"])
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
 
