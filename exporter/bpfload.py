@@ -19,7 +19,19 @@ from .errors import PodsnoopError
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(os.environ.get("PODSNOOP_BPF_DIR") or Path(__file__).resolve().parent.parent / "bpf")
+
+
+def _bpf_dir() -> Path:
+    """PODSNOOP_BPF_DIR if set; else exporter/bpf in an installed wheel (pyproject maps the
+    checkout's bpf/ there); else bpf/ beside the package in a source checkout."""
+    if os.environ.get("PODSNOOP_BPF_DIR"):
+        return Path(os.environ["PODSNOOP_BPF_DIR"])
+    here = Path(__file__).resolve().parent
+    installed = here / "bpf"
+    return installed if (installed / "net.c").is_file() else here.parent / "bpf"
+
+
+BPF_DIR = _bpf_dir()
 TRACEFS = "/sys/kernel/tracing"
 CAP_SYS_ADMIN, CAP_BPF = 21, 39
 

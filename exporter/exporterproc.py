@@ -49,12 +49,17 @@ class Metrics:
 
 
 class ExporterProcess:
-    def __init__(self, *args: str, env: dict | None = None, wrapper: list[str] | None = None):
+    def __init__(self, *args: str, env: dict | None = None, wrapper: list[str] | None = None,
+                 command: list[str] | None = None, cwd: str | None = None):
+        """command: how podsnoop is started (default: this interpreter's -m exporter; an
+        installed venv's bin/podsnoop, a runc wrapper...); cwd: where."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = ["--listen", f"127.0.0.1:{self.port}", *args]
         self.env = {**os.environ, **(env or {})}
         self.wrapper = wrapper or []
+        self.command = command or [sys.executable, "-m", "exporter"]
+        self.cwd = cwd
         self.proc: subprocess.Popen | None = None
         self.log_path = None
 
@@ -62,7 +67,7 @@ class ExporterProcess:
         import tempfile
         self.log = tempfile.NamedTemporaryFile(prefix="podsnoop-", suffix=".log", delete=False)
         self.log_path = self.log.name
-        self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "exporter", *self.args],
+        self.proc = subprocess.Popen([*self.wrapper, *self.command, *self.args], cwd=self.cwd,
                                      stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         if wait_ready:
             self.wait_ready(wait_ready)

@@ -87,3 +87,12 @@ def our_filters(host_if: str, priority: int = 50000) -> list[str]:
         lines += [f"{hook}: {ln}" for ln in out.splitlines()
                   if f"pref {priority} " in ln and "handle" in ln]
     return lines
+
+
+def wait_for_filters(pod, priority: int = 50000, timeout: float = 30.0) -> None:
+    """Until podsnoop's filters sit on both hooks of the pod's host veth."""
+    import time
+    deadline = time.monotonic() + timeout
+    while len(our_filters(pod.host_if, priority)) != 2:
+        assert time.monotonic() < deadline, f"no podsnoop filters on {pod.host_if}"
+        time.sleep(0.05)

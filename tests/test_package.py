@@ -1,0 +1,90 @@
+"""What `pip install .` gives a user: the wheel built from this checkout, installed (not
+editable) into a fresh venv outside the tree, started from another directory.
+
+The dev venv's editable install finds everything through the checkout, so only this test
+shows that the wheel holds every subpackage and the BPF C sources.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from exporter.exporterproc import ExporterProcess
+from conftest import wait_for_filters
+from test_network import NET_METRICS, deltas, snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*argv, **kw):
+    r = subprocess.run(argv, capture_output=True, text=True, **kw)
+    assert r.returncode == 0, f"{argv} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    # Build isolation: the wheel is built by the pinned build backend, as pip does for a user.
+    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
+         "-w", str(out), str(ROOT))
+    (whl,) = out.glob("podsnoop-*.whl")
+    return whl
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """A fresh venv with the wheel and its dependencies; Debian's bcc linked in the way
+    scripts/setup.sh and the image do (PyPI's bcc is an unrelated package)."""
+    venv = tmp_path_factory.mktemp("venv") / "v"
+    _run("/usr/bin/python3", "-m", "venv", str(venv))
+    py = venv / "bin" / "python"
+    site = _run(str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    os.symlink("/usr/lib/python3/dist-packages/bcc", Path(site.stdout.strip(), "bcc"))
+    _run(str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel))
+    return venv
+
+
+def test_wheel_holds_every_subpackage_and_the_bpf_sources(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for pkg in (ROOT / "exporter").rglob("__init__.py"):
+        assert pkg.relative_to(ROOT).as_posix() in names
+    shipped_c = {n.removeprefix("exporter/bpf/") for n in names if n.startswith("exporter/bpf/")}
+    checkout_c = {p.name for p in (ROOT / "bpf").glob("*.[ch]")}
+    assert shipped_c == checkout_c
+    assert not any("testing" in n for n in names if n.startswith("exporter/bpf/"))
+
+
+def test_installed_wheel_counts_a_pod_exactly_from_another_directory(
+        installed, factory, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PODSNOOP_BPF_DIR", "PYTHONPATH", "VIRTUAL_ENV")}
+    # Started from an empty directory, with the venv's own entry point: nothing of the
+    # checkout is on its path.
+    exporter = ExporterProcess(
+        "--kube", "off", "--interfaces", rf"{factory.tag}h\d+",
+        "--kubepods-root", str(factory.kubepods), "--syscalls", "off",
+        command=[str(installed / "bin" / "podsnoop")], cwd=str(tmp_path))
+    exporter.env = env  # exactly this environment, not the test's own plus it
+    pod = factory.create()
+    with exporter:
+        out = _run(str(installed / "bin" / "python"), "-c",
+                   "import exporter, bcc; from exporter import bpfload; "
+                   "print(exporter.__file__); print(bpfload.BPF_DIR)", cwd=str(tmp_path), env=env)
+        pkg_file, bpf_dir = out.stdout.split()
+        assert pkg_file.startswith(str(installed)) and bpf_dir.startswith(str(installed))
+        wait_for_filters(pod)
+        pod.exec(["ping", "-c", "1", "-W", "2", pod.host_ip])
+        before = snapshot(exporter, pod)
+        pod.exec(["ping", "-c", "5", "-i", "0.01", "-W", "2", pod.host_ip])
+        exported, kernel, _, _ = deltas(before, snapshot(exporter, pod))
+        assert exported == kernel and kernel["transmit_packets"] >= 5, (exported, kernel)
+        assert set(exported) == set(NET_METRICS)
+    assert exporter.proc.returncode == 0, exporter.output()
+    assert "Traceback" not in exporter.output()
