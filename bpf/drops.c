@@ -13,7 +13,9 @@
 //   3. with no device, the sending socket (skb->sk) if it lives in another namespace:
 //      direction transmit.
 // Userspace maps namespaces (by inode number) and host veths to pods. Host-namespace drops
-// that involve no pod veth are not counted at all.
+// that involve no pod veth are not counted at all. In sidecar mode HOST_NETNS_INUM is 0 (the
+// host's namespace is not known from inside a pod) and ONLY_NETNS_INUM, the pod's own
+// namespace, is the only one counted; 0 in node mode.
 //
 // Offsets of sk_buff / net_device / sock / net members come from the running kernel's BTF
 // (the headers bcc compiles against may be older): SKB_DEV_OFF, SKB_SK_OFF, SKB_IIF_OFF,
@@ -123,6 +125,10 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     }
 
 count:;
+#if ONLY_NETNS_INUM
+    if (key.netns != ONLY_NETNS_INUM)
+        return 0;
+#endif
     u64 zero = 0;
     u64 *n = drop_counts.lookup_or_try_init(&key, &zero);
     if (n) {

@@ -1,14 +1,17 @@
 // podsnoop: per-interface, per-direction, per-protocol packet and byte counters.
 //
-// Attached with TC (clsact, direct-action) to the host side of each pod's veth:
-//   ingress = packets leaving the pod  (pod transmit)
-//   egress  = packets entering the pod (pod receive)
+// Attached with TC (clsact, direct-action). Which direction a hook is, the loader says
+// (INGRESS_DIR, EGRESS_DIR), so that both are the pod's point of view:
+//   node mode, the host side of each pod's veth: ingress = out of the pod (transmit),
+//     egress = into the pod (receive);
+//   sidecar mode, the pod's own interfaces: ingress = into the pod (receive),
+//     egress = out of it (transmit).
 // Every program returns TC_ACT_UNSPEC so the packet continues, unchanged, to the next
 // filter on the hook (a CNI's own program may sit behind ours).
 //
 // Compiled by bcc at start. The loader passes, from exporter/names.py:
 //   PROTO_OTHER PROTO_TCP PROTO_UDP PROTO_ICMP PROTO_ICMPV6, DIR_RECEIVE DIR_TRANSMIT,
-//   NET_MAX_ENTRIES.
+//   INGRESS_DIR EGRESS_DIR (one of the two each), NET_MAX_ENTRIES.
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
@@ -119,14 +122,12 @@ static __always_inline int count(struct __sk_buff *skb, u8 dir)
     return TC_ACT_UNSPEC;
 }
 
-// Host veth ingress: the packet came out of the pod.
 int podsnoop_tc_ingress(struct __sk_buff *skb)
 {
-    return count(skb, DIR_TRANSMIT);
+    return count(skb, INGRESS_DIR);
 }
 
-// Host veth egress: the packet goes into the pod.
 int podsnoop_tc_egress(struct __sk_buff *skb)
 {
-    return count(skb, DIR_RECEIVE);
+    return count(skb, EGRESS_DIR);
 }

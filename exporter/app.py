@@ -16,7 +16,7 @@ from . import __version__, bpfload, btf, names
 from .cgroups import CgroupError, CgroupResolver, find_cgroup2_mount
 from .collectors.container_net import ContainerNetworkCollector
 from .collectors.container_net import load_programs as load_container_net_programs
-from .collectors.drops import DropCollector, PodInterfaces
+from .collectors.drops import DropCollector, OwnNetns, PodInterfaces
 from .collectors.drops import load_programs as load_drop_programs
 from .collectors.exec import ExecCollector, ExecLog, ExecLogEndpoint
 from .collectors.exec import load_programs as load_exec_programs
@@ -26,11 +26,12 @@ from .collectors.scrape import ScrapeCollector
 from .collectors.syscalls import SyscallCollector
 from .collectors.tcp import TcpCollector
 from .collectors.tcp import load_programs as load_tcp_programs
-from .kuberoots import RootSync, choose_level
+from .kuberoots import OwnPod, RootSync, choose_level
 from .config import Config
 from .errors import PodsnoopError
 from .labels import PodLabeler
-from .links import LinkManager
+from .links import LinkManager, OwnPodNetns, is_own_interface, is_pod_veth
+from .mode import PodIdentity, detect_mode, pod_identity
 from .memory import freeze_startup_objects, release_compiler_memory
 from .podnetns import PodNetnsIndex
 from .server import Health, make_app
@@ -70,8 +71,8 @@ async def start_server(cfg: Config, registry, health: Health,
     return runner
 
 
-def load_network_programs(cfg: Config):
-    net = bpfload.compile_program("net", bpfload.defines(NET_MAX_ENTRIES=cfg.net_map_entries))
+def load_network_programs(cfg: Config, mode: str):
+    net = bpfload.compile_program("net", bpfload.defines(mode, NET_MAX_ENTRIES=cfg.net_map_entries))
     programs = {}
     for hook, fn in ((TC_H_INGRESS, "podsnoop_tc_ingress"), (TC_H_EGRESS, "podsnoop_tc_egress")):
         programs[hook] = (owned_name(fn), net.load_func(fn, net.SCHED_CLS).fd)
@@ -125,9 +126,16 @@ async def housekeeping(resolver, root_sync: RootSync | None, pod_index, links) -
             log.exception("housekeeping failed")
 
 
-def start_pod_watcher(cfg: Config):
-    """The Kubernetes pod index and its watcher thread, or (None, None) without an API."""
+def start_pod_watcher(cfg: Config, identity: PodIdentity | None = None):
+    """The Kubernetes pod index and its watcher thread, or (None, None) without an API.
+    A sidecar's index holds its own pod, from the downward API, with no watcher."""
     from . import kube
+    if identity is not None:
+        index = kube.PodIndex(grace_seconds=cfg.grace_seconds)
+        labels = kube.LabelAllowlist(cfg.pod_labels).select(identity.labels)
+        index.upsert(kube.PodMeta(identity.uid, identity.namespace, identity.name,
+                                  identity.node, labels=labels))
+        return index, None
     try:
         client = kube.load_api_client(cfg.kube, cfg.kubeconfig)
     except Exception as e:  # an explicit kubeconfig that cannot be loaded
@@ -162,9 +170,23 @@ def make_resolver(cfg: Config) -> CgroupResolver:
                                     "mount the host's /sys/fs/cgroup into the container") from None
 
 
+def own_pod_scope(resolver, identity: PodIdentity) -> OwnPod:
+    scope = OwnPod(resolver, identity.uid)
+    if not scope.kubepods_roots:
+        raise PodsnoopError(f"sidecar mode: the cgroup of pod {identity.uid} was not found "
+                            f"below {resolver.root}",
+                            "mount the node's /sys/fs/cgroup into the sidecar (hostPath, "
+                            "read-only) and check that POD_UID is the pod's metadata.uid")
+    return scope
+
+
 async def run(cfg: Config) -> int:
+    mode, why = (cfg.mode, "set by --mode") if cfg.mode != "auto" else detect_mode()
+    identity = pod_identity(cfg.pod_info_dir) if mode == "sidecar" else None
+    log.info("mode: %s (%s)%s", mode, why,
+             f"; pod {identity.namespace}/{identity.name} uid {identity.uid}" if identity else "")
     bpfload.preflight(need_tracefs=cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops)
-    health = Health()
+    health = Health(mode=mode)
     registry = CollectorRegistry(auto_describe=True)
     execs = ExecLogEndpoint()
     # fail fast if the port is taken
@@ -181,23 +203,27 @@ async def run(cfg: Config) -> int:
     syncs: list = []     # their filter maps, kept current by sync_feature_maps
     try:
         resolver = make_resolver(cfg)
-        net, programs = load_network_programs(cfg)
-        pod_index, watcher = start_pod_watcher(cfg)
+        # What the programs count as "in a pod": every pod below the kubepods roots, or in
+        # sidecar mode only this pod's cgroup (filtered in the kernel).
+        scope = own_pod_scope(resolver, identity) if identity else resolver
+        net, programs = load_network_programs(cfg, mode)
+        pod_index, watcher = start_pod_watcher(cfg, identity)
         labeler = PodLabeler(pod_index)
         collectors = {}
-        if watcher is not None:
+        if pod_index is not None:
             collectors["kube"] = PodCollector(pod_index, watcher, cfg.pod_labels)
+        if watcher is not None:
             health.checks["kube"] = lambda: (None if watcher.state == "synced" else
                                              watcher.state.removeprefix("degraded: "))
         root_sync = None
         if cfg.syscalls:
-            syscalls_bpf, root_sync = load_syscall_programs(cfg, resolver)
+            syscalls_bpf, root_sync = load_syscall_programs(cfg, scope)
             root_sync.sync()
             collectors["syscalls"] = SyscallCollector(
                 syscalls_bpf, resolver, labeler, cfg.grace_seconds, top=cfg.syscall_top,
                 allowlist=cfg.syscall_allowlist, series_cap=cfg.syscall_series_cap)
         if cfg.exec:
-            exec_bpf, exec_sync = load_exec_programs(cfg, resolver)
+            exec_bpf, exec_sync = load_exec_programs(cfg, scope)
             cleanups.append(exec_bpf.cleanup)
             exec_sync.sync()
             syncs.append(exec_sync)
@@ -215,13 +241,13 @@ async def run(cfg: Config) -> int:
             collectors["resize"] = resize.collector
         # --- end resize on exec ----------------------------------------------------------
         if cfg.tcp:
-            tcp_bpf, tcp_sync = load_tcp_programs(cfg, resolver)
+            tcp_bpf, tcp_sync = load_tcp_programs(cfg, scope)
             cleanups.append(tcp_bpf.cleanup)
             tcp_sync.sync()
             syncs.append(tcp_sync)
             collectors["tcp"] = TcpCollector(tcp_bpf, resolver, labeler, cfg.grace_seconds)
         if cfg.container_network:
-            cnet_bpf, cnet_links = load_container_net_programs(cfg, resolver)
+            cnet_bpf, cnet_links = load_container_net_programs(cfg, scope)
             cleanups.append(cnet_bpf.cleanup)
             cleanups.append(cnet_links.close)  # links closed before the programs go
             syncs.append(cnet_links)
@@ -229,17 +255,23 @@ async def run(cfg: Config) -> int:
                 cnet_bpf, resolver, labeler, cfg.grace_seconds)
         drops_bpf = None
         if cfg.drops:
-            drops_bpf = load_drop_programs(cfg)
+            drops_bpf = load_drop_programs(cfg, sidecar=identity is not None)
             cleanups.append(drops_bpf.cleanup)
         async with AsyncIPRoute() as ipr:
             attacher = TcAttacher(ipr, programs, cfg.tc_priority)
-            links = LinkManager(attacher, PodNetnsIndex(ipr, resolver), cfg.interfaces)
+            if identity is None:
+                links = LinkManager(attacher, PodNetnsIndex(ipr, resolver), cfg.interfaces,
+                                    selects=is_pod_veth)
+            else:
+                links = LinkManager(attacher, OwnPodNetns(identity.uid), cfg.interfaces,
+                                    selects=is_own_interface)
             network = NetworkCollector(net, links, labeler, cfg.grace_seconds)
             links.on_removed = network.retire
             if drops_bpf is not None:
                 syncs.append(PodInterfaces(drops_bpf["pod_ifindexes"], links))
-                collectors["drops"] = DropCollector(drops_bpf, links, resolver, labeler,
-                                                    cfg.grace_seconds)
+                collectors["drops"] = DropCollector(
+                    drops_bpf, links, resolver, labeler, cfg.grace_seconds,
+                    netns=OwnNetns(identity.uid) if identity else None)
             registry.register(ScrapeCollector({"network": network, **collectors}))
             registry.register(BuildInfo())
             release_compiler_memory()  # every program is compiled by now
@@ -248,7 +280,7 @@ async def run(cfg: Config) -> int:
             tasks.append(asyncio.create_task(housekeeping(resolver, root_sync, pod_index, links)))
             tasks.append(asyncio.create_task(sync_feature_maps(syncs)))
             health.attached = True
-            log.info("ready: %d pod interfaces, serving on %s:%d",
+            log.info("ready (%s mode): %d pod interfaces, serving on %s:%d", mode,
                      sum(link.attached for link in links.links.values()), cfg.host, cfg.port)
             await stop.wait()
             log.info("stopping: detaching from %d interfaces", len(links.links))

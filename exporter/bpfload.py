@@ -110,10 +110,13 @@ def tracepoint_fields(category: str, event: str) -> set[str]:
     return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
 
 
-def defines(**extra: int) -> list[str]:
-    """-D flags shared by all programs: protocol and direction numbers from names.py."""
+def defines(mode: str = "node", **extra: int) -> list[str]:
+    """-D flags shared by all programs: protocol and direction numbers from names.py, and
+    which direction each TC hook is in this mode (node or sidecar)."""
     flags = [f"-DPROTO_{p.upper()}={i}" for i, p in enumerate(names.PROTOCOLS)]
     flags += [f"-DDIR_RECEIVE={names.DIR_RECEIVE}", f"-DDIR_TRANSMIT={names.DIR_TRANSMIT}"]
+    ingress, egress = names.HOOK_DIRECTIONS[mode]
+    flags += [f"-DINGRESS_DIR={ingress}", f"-DEGRESS_DIR={egress}"]
     flags += [f"-D{k}={v}" for k, v in sorted(extra.items())]
     return flags
 

@@ -80,6 +80,9 @@ class Config:
     resize: str = "off"
     resize_hold_seconds: float = 30.0
     resize_min_interval: float = 5.0
+    # Node exporter or a pod's sidecar (issue 12); "auto" is resolved at start (mode.py).
+    mode: str = "auto"
+    pod_info_dir: str = "/etc/podinfo"
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -127,6 +130,13 @@ def seconds(value: str) -> float:
 
 # (flag, env var, default, type, help, extra argparse kwargs)
 FLAGS = [
+    ("--mode", "PODSNOOP_MODE", "auto", str.lower,
+     "node: count every pod through its host veth (a DaemonSet in the host network "
+     "namespace); sidecar: count only this pod, from inside it; auto: node in the host's "
+     "network namespace, else sidecar", {"choices": ["auto", "node", "sidecar"]}),
+    ("--pod-info-dir", "PODSNOOP_POD_INFO_DIR", "/etc/podinfo", str,
+     "sidecar mode: a downward API volume (files uid, name, namespace, labels) used where "
+     "POD_UID, POD_NAME, POD_NAMESPACE are not set", {}),
     ("--listen", "PODSNOOP_LISTEN", f"0.0.0.0:{DEFAULT_PORT}", listen_address,
      "HOST:PORT to serve /metrics, /healthz and /readyz on", {}),
     ("--kube", "PODSNOOP_KUBE", "auto", str,
@@ -266,4 +276,5 @@ def parse(argv: list[str] | None = None) -> Config:
                   container_network=a.container_network,
                   container_net_map_entries=a.container_net_map_entries,
                   resize=a.resize, resize_hold_seconds=a.resize_hold_seconds,
-                  resize_min_interval=a.resize_min_interval)
+                  resize_min_interval=a.resize_min_interval, mode=a.mode,
+                  pod_info_dir=a.pod_info_dir)

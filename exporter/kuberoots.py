@@ -55,3 +55,23 @@ class RootSync:
             except KeyError:
                 pass
         return len(wanted)
+
+
+class OwnPod:
+    """Sidecar mode's scope: its own pod's cgroup stands where node mode has the kubepods
+    roots, so every program that counts "tasks in pods" (the kubepods_roots filter, the
+    cgroup_skb links) counts only this pod's, in the kernel. Looks like a resolver to
+    choose_level, RootSync and the container network links."""
+
+    def __init__(self, resolver, pod_uid: str):
+        self.resolver = resolver
+        self.pod_uid = pod_uid
+
+    @property
+    def root(self) -> str:
+        return self.resolver.root
+
+    @property
+    def kubepods_roots(self) -> list[str]:
+        pod = self.resolver.pod_cgroup(self.pod_uid)
+        return [pod.path] if pod is not None else []

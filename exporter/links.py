@@ -40,14 +40,42 @@ class PodLink:
 
 
 def is_pod_veth(msg) -> bool:
+    """Node mode: a host-side veth whose peer is in another namespace."""
     kind = msg.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
     return kind == "veth" and msg.get("IFLA_LINK_NETNSID") is not None
 
 
+IFF_LOOPBACK = 0x8
+
+
+def is_own_interface(msg) -> bool:
+    """Sidecar mode: any interface of the pod's namespace (eth0, a second network's) but
+    loopback, whose traffic never leaves the pod."""
+    return not msg.get("flags", 0) & IFF_LOOPBACK
+
+
+class OwnPodNetns:
+    """Sidecar mode's stand-in for PodNetnsIndex: every interface here is the pod's own."""
+
+    def __init__(self, pod_uid: str):
+        self.uid = pod_uid
+
+    def pod_uid(self, nsid) -> str:
+        return self.uid
+
+    def forget(self, nsid) -> None:
+        pass
+
+    async def refresh(self, force: bool = False) -> bool:
+        return False
+
+
 class LinkManager:
     def __init__(self, attacher: TcAttacher, netns_index, name_pattern: str | None = None,
-                 on_removed: Callable[[PodLink], None] = lambda link: None):
+                 on_removed: Callable[[PodLink], None] = lambda link: None,
+                 selects: Callable[[object], bool] = is_pod_veth):
         self.attacher = attacher
+        self.selects = selects  # which links of this namespace are a pod's
         self.netns_index = netns_index
         self.name_re = re.compile(name_pattern) if name_pattern else None
         self.on_removed = on_removed
@@ -59,7 +87,7 @@ class LinkManager:
         self._new_link_seen = False
 
     def _wanted(self, msg) -> bool:
-        return is_pod_veth(msg) and (self.name_re is None or
+        return self.selects(msg) and (self.name_re is None or
                                      bool(self.name_re.fullmatch(msg.get("ifname") or "")))
 
     async def start(self) -> None:

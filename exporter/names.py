@@ -26,8 +26,11 @@ NET_LABELS = POD_LABELS + ("interface", "protocol")
 PROTOCOLS = ("other", "tcp", "udp", "icmp", "icmpv6")
 
 # Directions as stored in the BPF map key (host veth TC hook -> pod's point of view).
-DIR_RECEIVE = 0   # host veth egress: into the pod
-DIR_TRANSMIT = 1  # host veth ingress: out of the pod
+DIR_RECEIVE = 0   # into the pod
+DIR_TRANSMIT = 1  # out of the pod
+# (TC ingress, TC egress) directions of the interfaces each mode attaches to: node mode the
+# host side of pod veths, sidecar mode the pod's own interfaces (bpf/net.c).
+HOOK_DIRECTIONS = {"node": (DIR_TRANSMIT, DIR_RECEIVE), "sidecar": (DIR_RECEIVE, DIR_TRANSMIT)}
 
 # Syscalls (raw_syscalls tracepoints keyed by cgroup id).
 SYSCALLS = "podsnoop_syscalls"

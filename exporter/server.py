@@ -25,9 +25,12 @@ class Health:
     """
     attached: bool = False
     checks: dict[str, Callable[[], str | None]] = field(default_factory=dict)
+    mode: str = ""  # node or sidecar
 
     def body(self) -> str:
         lines = ["ready" if self.attached else "not ready: programs not attached yet"]
+        if self.mode:
+            lines.append(f"mode: {self.mode}")
         for part, check in sorted(self.checks.items()):
             problem = check()
             lines.append(f"degraded: {part}: {problem}" if problem else f"ok: {part}")

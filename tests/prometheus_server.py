@@ -45,8 +45,10 @@ class PrometheusError(RuntimeError):
 class PrometheusServer:
     def __init__(self, targets: Iterable[str], *, job: str = JOB, interval: str = "1s",
                  rule_files: Iterable[str | os.PathLike] = (RULES,),
-                 binary: str = "prometheus"):
+                 binary: str = "prometheus", scrape_configs: list[dict] | None = None):
+        """scrape_configs: in full, instead of one static job scraping `targets`."""
         self.targets = list(targets)
+        self.scrape_configs = scrape_configs
         self.job = job
         self.interval = interval
         self.rule_files = [str(Path(f).resolve()) for f in rule_files]
@@ -65,8 +67,8 @@ class PrometheusServer:
             "global": {"scrape_interval": self.interval, "scrape_timeout": self.interval,
                        "evaluation_interval": self.interval},
             "rule_files": self.rule_files,
-            "scrape_configs": [{"job_name": self.job,
-                                "static_configs": [{"targets": self.targets}]}],
+            "scrape_configs": self.scrape_configs or [
+                {"job_name": self.job, "static_configs": [{"targets": self.targets}]}],
         }, indent=2)
 
     def start(self, timeout: float = 60) -> "PrometheusServer":

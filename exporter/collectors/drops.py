@@ -77,8 +77,9 @@ def host_netns_inum() -> int:
 FORMAT = bpfload.TRACEFS + "/events/skb/kfree_skb/format"
 
 
-def load_programs(cfg):
-    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the drop program."""
+def load_programs(cfg, sidecar: bool = False):
+    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the drop program; a
+    sidecar counts only its own (the pod's) network namespace."""
     fields = bpfload.tracepoint_fields("skb", "kfree_skb")
     if "reason" not in fields:
         raise PodsnoopError("the skb:kfree_skb tracepoint of this kernel has no drop reason "
@@ -87,7 +88,9 @@ def load_programs(cfg):
     b = btf.vmlinux()
     enum = b.enum("skb_drop_reason")
     bpf = bpfload.compile_program("drops", bpfload.defines(
-        DROP_MAX_ENTRIES=cfg.drop_map_entries, HOST_NETNS_INUM=host_netns_inum(),
+        DROP_MAX_ENTRIES=cfg.drop_map_entries,
+        HOST_NETNS_INUM=0 if sidecar else host_netns_inum(),
+        ONLY_NETNS_INUM=host_netns_inum() if sidecar else 0,
         REASON_CONSUMED=enum["SKB_CONSUMED"],
         REASON_NOT_SPECIFIED=enum[PREFIX + "NOT_SPECIFIED"],
         COUNT_NOT_SPECIFIED=int(cfg.drop_not_specified), HAS_RX_SK=int("rx_sk" in fields),
@@ -158,6 +161,16 @@ class PodNetns:
         return {i: self._by_inum.get(i) for i in inums}
 
 
+class OwnNetns:
+    """Sidecar mode's netns -> pod map: the only namespace its program counts is its own."""
+
+    def __init__(self, pod_uid: str):
+        self.inum, self.uid = host_netns_inum(), pod_uid
+
+    def resolve(self, inums) -> dict[int, str | None]:
+        return {i: self.uid if i == self.inum else None for i in inums}
+
+
 class PodInterfaces:
     """Keeps bpf/drops.c's pod_ifindexes equal to the link manager's attached pod veths."""
 
@@ -188,14 +201,14 @@ class PodDrops:
 
 class DropCollector:
     def __init__(self, bpf, links, resolver, labeler, grace_seconds: float,
-                 clock=time.monotonic):
+                 clock=time.monotonic, netns=None):
         self.table = bpf[MAP]
         self.failures = bpf["drop_update_failures"]
         self.links = links
         self.labeler = labeler
         self.grace_seconds = grace_seconds
         self.clock = clock
-        self.netns = PodNetns(resolver)
+        self.netns = netns or PodNetns(resolver)  # netns inode -> pod uid
         self.reason = ReasonNamer()
         self.deltas = KeyedDeltas(self._resolve, lambda key: (key.netns, key.ifindex),
                                   unresolved_owner="")

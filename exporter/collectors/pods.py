@@ -27,13 +27,15 @@ class PodCollector:
         return info, restarts
 
     def describe(self):
-        return self._families()
+        info, restarts = self._families()
+        return (info, restarts) if self.watcher is not None else (info,)
 
     def collect(self):
         info, restarts = self._families()
         for meta in self.index.all():
             info.add_metric([meta.namespace, meta.name, meta.uid, meta.node,
                              *(meta.labels.get(n, "") for n in self.label_names)], 1)
-        restarts.add_metric([], self.watcher.restarts)
         yield info
-        yield restarts
+        if self.watcher is not None:  # a sidecar knows its pod from the downward API
+            restarts.add_metric([], self.watcher.restarts)
+            yield restarts

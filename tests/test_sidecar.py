@@ -1,0 +1,263 @@
+"""Sidecar mode as the shipped manifest runs it: podsnoop started as a container of a test pod.
+
+The launcher gives the process what a container runtime gives the sidecar container of
+deploy/sidecar/podsnoop-sidecar.yaml: the pod's network namespace with its own sysfs view,
+a PID namespace and a mount namespace of its own, a read-only root, the manifest's volume
+mounts (hostPath from the host, read-only where it says so, emptyDir as tmpfs, the downward
+API's labels file), its own container cgroup in the pod, only the manifest's capabilities,
+and only the manifest's env (downward-API fields filled in) and args. The exporter itself is
+this checkout's (tests/test_image.py runs the image).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter import names
+from exporter.exporterproc import ExporterProcess
+from prometheus_server import PrometheusServer
+from test_syscalls import GETSID
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "sidecar"
+NAMESPACE, NODE = "shop", "node-7"
+APP_LABEL = "app.kubernetes.io/name"
+
+
+def manifest():
+    (patch,) = yaml.safe_load_all((DEPLOY / "podsnoop-sidecar.yaml").read_text())
+    spec = patch["spec"]["template"]["spec"]
+    (ctr,) = [c for c in spec["containers"] if c["name"] == "podsnoop"]
+    return spec, ctr
+
+
+def container_env(ctr, pod) -> dict[str, str]:
+    fields = {"metadata.name": pod.name, "metadata.namespace": NAMESPACE,
+              "metadata.uid": pod.uid, "spec.nodeName": NODE}
+    env = {}
+    for e in ctr.get("env", []):
+        env[e["name"]] = e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def launcher(spec, ctr, pod, scratch: Path) -> list[str]:
+    """argv that starts the manifest's container command in `pod` (see the module doc)."""
+    container = pod.containers["podsnoop"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    stash, setup = scratch / "stash", []
+    stash.mkdir()
+    # hostPath volumes are bound before the pod's sysfs hides the host's /sys submounts.
+    outer = [f"echo $$ > {shlex.quote(str(container.cgroup))}/cgroup.procs",
+             "mount --make-rprivate /"]
+    for i, m in enumerate(ctr["volumeMounts"]):
+        vol, target = volumes[m["name"]], shlex.quote(m["mountPath"])
+        if "hostPath" in vol:
+            src = stash / str(i)
+            src.mkdir()
+            outer.append(f"mount --rbind {shlex.quote(vol['hostPath']['path'])} {src}")
+            setup.append(f"mount --rbind {src} {target}")
+        elif "emptyDir" in vol:
+            setup.append(f"mount -t tmpfs tmpfs {target}")
+        elif "downwardAPI" in vol:
+            src = stash / str(i)
+            src.mkdir()
+            for item in vol["downwardAPI"]["items"]:
+                assert item["fieldRef"]["fieldPath"] == "metadata.labels", item
+                (src / item["path"]).write_text(f'{APP_LABEL}="checkout"\nteam="payments"\n')
+            # The image has the mount point; this root is the host's, where it is made
+            # (and removed again by the fixture).
+            setup.append(f"mkdir -p {target}; mount --bind {src} {target}")
+        if m.get("readOnly"):
+            setup.append(f"mount -o remount,bind,ro {target}")
+    sc = ctr["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"] and not sc.get("privileged")
+    caps = ",".join(f"+{c.lower()}" for c in sc["capabilities"]["add"])
+    if sc.get("readOnlyRootFilesystem"):  # last: the mounts above need their mount points
+        setup.append("mount -o remount,bind,ro /")
+    env = container_env(ctr, pod)
+    env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    command = ["setpriv", f"--bounding-set=-all,{caps}", "--inh-caps=-all",
+               f"--reuid={sc.get('runAsUser', 0)}", "env", "-i",
+               *(f"{k}={v}" for k, v in env.items()),
+               sys.executable, "-m", "exporter", *ctr["args"]]
+    inner = ["mount -t sysfs sysfs /sys", "mount -t proc proc /proc", *setup,
+             "exec " + shlex.join(command)]
+    outer.append(f"exec nsenter --net=/run/netns/{pod.netns} sh -ec {shlex.quote('; '.join(inner))}")
+    return ["unshare", "--mount", "--pid", "--fork", "sh", "-ec", "; ".join(outer)]
+
+
+FETCH = """import sys, urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))
+    status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+sys.stdout.write(f"{status}\\n{body.decode()}")
+"""
+
+
+class Sidecar(ExporterProcess):
+    def __init__(self, pod, scratch: Path):
+        super().__init__()
+        spec, ctr = manifest()
+        self.args = []  # the manifest's args, in the launcher
+        self.command = launcher(spec, ctr, pod, scratch)
+        port = next(p["containerPort"] for p in ctr["ports"] if p["name"] == "metrics")
+        self.netns = pod.netns
+        self.local_url = f"http://127.0.0.1:{port}"
+        self.target = f"{pod.pod_ip}:{port}"  # for Prometheus, from the host
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, str]:
+        """From inside the pod over its loopback, as a kubelet probe or a local curl would:
+        a scrape over eth0 would itself move the counters it is compared with."""
+        r = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{self.netns}", sys.executable, "-c", FETCH,
+             self.local_url + path, str(timeout)], capture_output=True, text=True,
+            timeout=timeout + 5)
+        if r.returncode != 0:
+            raise OSError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fetch failed")
+        status, _, body = r.stdout.partition("\n")
+        return int(status), body
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """The signal goes to podsnoop, the PID 1 of its PID namespace, as a runtime sends
+        it: `unshare --fork` (self.proc) blocks SIGTERM and returns the child's status."""
+        if self.proc is not None and self.proc.poll() is None:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            for pid in children.split():
+                os.kill(int(pid), sig)
+        return super().stop(sig, timeout)
+
+
+def eth0_stats(pod) -> dict[str, int]:
+    out = pod.exec(["sh", "-c", "cd /sys/class/net/eth0/statistics && "
+                                "echo $(cat rx_bytes tx_bytes rx_packets tx_packets)"])
+    return dict(zip(("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"),
+                    map(int, out.stdout.split())))
+
+
+NET = {"receive_bytes": (names.NET_RECEIVE_BYTES, "rx_bytes"),
+       "transmit_bytes": (names.NET_TRANSMIT_BYTES, "tx_bytes"),
+       "receive_packets": (names.NET_RECEIVE_PACKETS, "rx_packets"),
+       "transmit_packets": (names.NET_TRANSMIT_PACKETS, "tx_packets")}
+
+
+def snapshot(sidecar, pod):
+    """Exported eth0 counters and eth0's own, on a quiet link (else read again)."""
+    for _ in range(30):
+        before = eth0_stats(pod)
+        m = sidecar.metrics()
+        if eth0_stats(pod) == before:
+            break
+    else:
+        raise AssertionError("eth0 never went quiet")
+    exported = {k: m.value(n + "_total", interface="eth0") for k, (n, _) in NET.items()}
+    udp = {d: m.value(getattr(names, f"NET_{d.upper()}_PACKETS") + "_total",
+                      interface="eth0", protocol="udp") for d in ("receive", "transmit")}
+    return exported, before, udp, m
+
+
+@pytest.fixture(scope="module")
+def rig(factory, tmp_path_factory):
+    pod = factory.create(containers=("app", "podsnoop"))
+    other = factory.create(containers=("app",))
+    _, ctr = manifest()
+    created = [Path(m["mountPath"]) for m in ctr["volumeMounts"]
+               if not Path(m["mountPath"]).exists()]
+    sidecar = Sidecar(pod, tmp_path_factory.mktemp("sidecar"))
+    sidecar.start(wait_ready=120)
+    pod.exec(["ping", "-c", "1", "-W", "2", pod.host_ip])  # neighbours resolved
+    try:
+        yield pod, other, sidecar
+    finally:
+        code = sidecar.stop()
+        for path in created:
+            path.rmdir()
+    assert code == 0, sidecar.output()
+    assert "Traceback" not in sidecar.output()
+
+
+def test_ready_in_sidecar_mode_from_the_downward_api(rig):
+    pod, _, sidecar = rig
+    status, body = sidecar.get("/readyz")
+    assert status == 200 and "mode: sidecar" in body, body
+    assert "mode: sidecar" in sidecar.output() and f"uid {pod.uid}" in sidecar.output()
+
+
+def test_directions_are_the_pods_and_equal_eth0s_own_counters(rig):
+    pod, _, sidecar = rig
+    e0, k0, u0, _ = snapshot(sidecar, pod)
+    # 300 UDP datagrams out of the pod, 20 pings into it (and their 20 replies out).
+    pod.exec(["python3", "-c", "import socket\ns = socket.socket(socket.AF_INET, "
+              "socket.SOCK_DGRAM)\nfor _ in range(300): s.sendto(b'x' * 64, "
+              f"('{pod.host_ip}', 9))"])
+    subprocess.run(["ping", "-c", "20", "-i", "0.01", "-W", "2", pod.pod_ip], check=True,
+                   capture_output=True)
+    e1, k1, u1, _ = snapshot(sidecar, pod)
+    exported = {k: e1[k] - e0[k] for k in e0}
+    kernel = {k: k1[sysfs] - k0[sysfs] for k, (_, sysfs) in NET.items()}
+    assert exported == kernel, (exported, kernel)
+    assert u1["transmit"] - u0["transmit"] == 300 and u1["receive"] - u0["receive"] == 0
+    assert kernel["receive_packets"] >= 20
+
+
+def test_samples_name_the_pod_and_only_the_pod(rig):
+    pod, other, sidecar = rig
+    # Activity in the other pod of the node: syscalls, execs, traffic.
+    other.exec(["python3", "-c", GETSID, "500"])
+    other.exec(["ping", "-c", "3", "-i", "0.01", "-W", "2", other.host_ip])
+    # And in this pod, by a container that runs as nobody.
+    pod.exec(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+              "/usr/bin/python3", "-c", GETSID, "700"], container="app")
+    m = sidecar.metrics()
+    app_id = pod.containers["app"].id
+    assert m.value(names.SYSCALLS + "_total", container_id=app_id, syscall="getsid") == 700
+    owners = set()
+    for samples in m.samples.values():
+        for labels, _ in samples:
+            if "pod_uid" in labels:
+                owners.add((labels.get("namespace"), labels.get("pod"), labels["pod_uid"]))
+            assert other.uid not in labels.values()
+            assert not any(c.id in labels.values() for c in other.containers.values())
+    assert owners == {(NAMESPACE, pod.name, pod.uid)}, owners
+    assert m.value(names.POD_INFO, pod_uid=pod.uid, node=NODE,
+                   label_app_kubernetes_io_name="checkout") == 1
+    assert other.host_if not in m.text
+
+
+def podmonitor_scrape_config(pod, target: str) -> dict:
+    """The scrape job the Prometheus Operator makes of podmonitor.yaml for this pod: target
+    labels namespace, pod, container, endpoint, then the PodMonitor's own relabelings."""
+    (pm,) = yaml.safe_load_all((DEPLOY / "podmonitor.yaml").read_text())
+    (ep,) = pm["spec"]["podMetricsEndpoints"]
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    relabel = [{keys.get(k, k): v for k, v in r.items()} for r in ep.get("relabelings", [])]
+    return {"job_name": "podmonitor/podsnoop-sidecar", "metrics_path": ep["path"],
+            "honor_labels": ep.get("honorLabels", False), "scrape_interval": "1s",
+            "scrape_timeout": "1s",
+            "static_configs": [{"targets": [target], "labels": {
+                "namespace": NAMESPACE, "pod": pod.name, "container": "podsnoop",
+                "endpoint": ep["port"]}}],
+            "relabel_configs": relabel}
+
+
+def test_prometheus_with_the_podmonitors_relabelling_keeps_the_pods_labels(rig):
+    pod, _, sidecar = rig
+    with PrometheusServer([], rule_files=(),
+                          scrape_configs=[podmonitor_scrape_config(pod, sidecar.target)]) as prom:
+        metric = names.NET_TRANSMIT_BYTES + "_total"
+        prom.wait_for(lambda: prom.result(metric), 60, what=f"{metric} in Prometheus")
+        series = [r["metric"] for r in prom.result(f'{{__name__=~"podsnoop_.*"}}')]
+    assert series
+    for labels in series:
+        assert not any(k.startswith("exported_") for k in labels), labels
+        assert labels.get("namespace") == NAMESPACE and labels.get("pod") == pod.name, labels
+        assert labels.get("container", "") != "podsnoop", labels
