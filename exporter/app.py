@@ -128,28 +128,28 @@ async def housekeeping(resolver, root_sync: RootSync | None, pod_index, links) -
 
 def start_pod_watcher(cfg: Config, identity: PodIdentity | None = None):
     """The Kubernetes pod index and its watcher thread, or (None, None) without an API.
-    A sidecar's index holds its own pod, from the downward API, with no watcher."""
+    A sidecar's index holds its own pod from the downward API at once; with API access
+    (optional: a Role to read its own pod) a watcher of that one pod adds container names."""
     from . import kube
-    if identity is not None:
-        index = kube.PodIndex(grace_seconds=cfg.grace_seconds)
-        labels = kube.LabelAllowlist(cfg.pod_labels).select(identity.labels)
-        index.upsert(kube.PodMeta(identity.uid, identity.namespace, identity.name,
-                                  identity.node, labels=labels))
-        return index, None
     try:
         client = kube.load_api_client(cfg.kube, cfg.kubeconfig)
     except Exception as e:  # an explicit kubeconfig that cannot be loaded
         raise PodsnoopError(f"cannot load the kubeconfig {cfg.kubeconfig}: {e}",
                             "fix the file, point --kubeconfig / KUBECONFIG elsewhere, or "
                             "run with --kube off") from None
-    if client is None:
-        return None, None
     index = kube.PodIndex(grace_seconds=cfg.grace_seconds)
+    if identity is not None:  # known before (and without) any API access
+        labels = kube.LabelAllowlist(cfg.pod_labels).select(identity.labels)
+        index.upsert(kube.PodMeta(identity.uid, identity.namespace, identity.name,
+                                  identity.node, labels=labels))
+    if client is None:
+        return (index if identity is not None else None), None
     clients = iter([client])
     watcher = kube.PodWatcher(
         index, kube.node_name(cfg.node_name),
         lambda: next(clients, None) or kube.load_api_client(cfg.kube, cfg.kubeconfig),
-        label_allowlist=cfg.pod_labels)
+        label_allowlist=cfg.pod_labels,
+        own_pod=(identity.namespace, identity.name) if identity is not None else None)
     return index, watcher.start()
 
 

@@ -325,8 +325,12 @@ class PodWatcher:
     def __init__(self, index: PodIndex, node_name: str, api_client_factory: Callable[[], Any],
                  label_allowlist: Iterable[str] = (), backoff_base: float = 0.5,
                  backoff_cap: float = 30.0, *, watch_timeout: int = 300,
-                 connect_timeout: float = 5.0, read_timeout: float = 30.0) -> None:
+                 connect_timeout: float = 5.0, read_timeout: float = 30.0,
+                 own_pod: tuple[str, str] | None = None) -> None:
+        """own_pod: (namespace, name) to watch only that pod, in its namespace (a sidecar
+        given read access to its own pod by a namespaced Role)."""
         self.index = index
+        self.own_pod = own_pod
         self.node_name = node_name
         self.api_client_factory = api_client_factory
         self.allowlist = LabelAllowlist(label_allowlist)
@@ -353,7 +357,15 @@ class PodWatcher:
 
     @property
     def field_selector(self) -> str:
+        if self.own_pod:
+            return f"metadata.name={self.own_pod[1]}"
         return f"spec.nodeName={self.node_name}"
+
+    def _list_pods(self, api, **kw):
+        if self.own_pod:
+            return api.list_namespaced_pod(self.own_pod[0], field_selector=self.field_selector,
+                                           **kw)
+        return api.list_pod_for_all_namespaces(field_selector=self.field_selector, **kw)
 
     def start(self) -> "PodWatcher":
         self._thread.start()
@@ -467,8 +479,8 @@ class PodWatcher:
 
     def _list(self, api, consistent: bool) -> None:
         cpu0 = time.thread_time()
-        resp = self._open(lambda: api.list_pod_for_all_namespaces(
-            field_selector=self.field_selector,
+        resp = self._open(lambda: self._list_pods(
+            api,
             # "0" lets the API server answer from its watch cache: the cheap list every
             # DaemonSet should use. After a 410 we want a consistent (quorum) read instead.
             resource_version=None if consistent else "0",
@@ -498,8 +510,8 @@ class PodWatcher:
 
         timeout = int(self.watch_timeout * random.uniform(1.0, 1.2))  # spread reconnects
         try:
-            resp = self._open(lambda: api.list_pod_for_all_namespaces(
-                field_selector=self.field_selector,
+            resp = self._open(lambda: self._list_pods(
+                api,
                 watch=True,
                 allow_watch_bookmarks=True,
                 resource_version=self.resource_version,

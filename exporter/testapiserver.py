@@ -151,7 +151,9 @@ class KubeApiServer:
     """Pods-only Kubernetes API for tests. Start with `start()` or `with`."""
 
     def __init__(self, *, bookmark_interval: float = 1.0,
-                 token: str = "podsnoop-test-token") -> None:
+                 token: str = "podsnoop-test-token", host: str = "127.0.0.1") -> None:
+        """host: the address to serve on (a test pod reaches the host at its veth's)."""
+        self.host = host
         self.bookmark_interval = bookmark_interval
         self.token = token
         self.port = 0
@@ -181,7 +183,7 @@ class KubeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> "KubeApiServer":
         ready = threading.Event()
@@ -242,7 +244,7 @@ class KubeApiServer:
         # Our own socket: the port is known before start and reused by set_down(False).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         self._site = web.SockSite(self._runner, sock)
         await self._site.start()

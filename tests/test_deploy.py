@@ -40,6 +40,8 @@ MODELS = {
     ("apps/v1", "Deployment"): "V1Deployment",
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
+    ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
 }
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
@@ -281,7 +283,7 @@ def _listed(kust: dict) -> set[str]:
     return files
 
 
-@pytest.mark.parametrize("sub", ["", "privileged", "sidecar"])
+@pytest.mark.parametrize("sub", ["", "privileged", "sidecar", "sidecar/read-own-pod"])
 def test_kustomization_lists_every_file_in_its_directory(sub):
     d = DEPLOY / sub
     kust = load(d / "kustomization.yaml")[0]
@@ -313,12 +315,19 @@ def _sidecar_patch() -> tuple[dict, dict]:
 def test_sidecar_is_one_pods_exporter_without_api_access():
     pod, ctr = _sidecar_patch()
     assert "hostNetwork" not in pod and "hostPID" not in pod  # the pod's own namespaces
-    assert ctr["args"][:4] == ["--listen", "0.0.0.0:9435", "--kube", "off"]
-    cfg = config.parse(ctr["args"])
-    assert (cfg.port, cfg.kube) == (9435, "off")
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in ctr["env"]}
+    assert ctr["args"][:2] == ["--listen", "0.0.0.0:9435"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in ctr["env"]
+           if "valueFrom" in e}
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
                    "POD_UID": "metadata.uid", "NODE_NAME": "spec.nodeName"}
+    values = {e["name"]: e["value"] for e in ctr["env"] if "value" in e}
+    assert values == {"PODSNOOP_KUBE": "off"}
+    os.environ["PODSNOOP_KUBE"] = "off"
+    try:
+        cfg = config.parse(ctr["args"])
+    finally:
+        del os.environ["PODSNOOP_KUBE"]
+    assert (cfg.port, cfg.kube) == (9435, "off")
     assert ctr["ports"] == CTR["ports"]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert ctr[probe] == CTR[probe]
@@ -332,6 +341,16 @@ def test_sidecar_is_one_pods_exporter_without_api_access():
     kust = load(DEPLOY / "sidecar" / "kustomization.yaml")[0]
     kinds = {d["kind"] for name in kust["resources"] for d in load(DEPLOY / "sidecar" / name)}
     assert not kinds & {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"}
+
+
+def test_sidecar_optional_role_reads_pods_of_its_namespace_only():
+    role, binding = load(DEPLOY / "sidecar" / "read-own-pod" / "role.yaml")
+    deserialize(role)
+    deserialize(binding)
+    assert (role["kind"], binding["kind"]) == ("Role", "RoleBinding")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"],
+                              "verbs": ["get", "list", "watch"]}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_sidecar_podmonitor_selects_the_example_pods():
@@ -460,5 +479,22 @@ def test_sidecar_builds():
     assert [c["name"] for c in pod["containers"]] == ["podsnoop", "app"]
     ctr = only_container(pod)
     assert ctr["image"] == f"podsnoop:{VERSION}"
-    assert "--kube" in ctr["args"] and ctr["args"][ctr["args"].index("--kube") + 1] == "off"
+    assert "--kube" not in ctr["args"]
+    assert {"name": "PODSNOOP_KUBE", "value": "off"} in ctr["env"]
     _mounts(pod, ctr)
+
+
+def test_sidecar_read_own_pod_component_builds(tmp_path):
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY / "sidecar", overlay)],
+        "components": [os.path.relpath(DEPLOY / "sidecar" / "read-own-pod", overlay)],
+    }))
+    docs = _by_kind(kustomize(overlay))
+    assert set(docs) == {"Deployment", "PodMonitor", "Role", "RoleBinding"}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    ctr = only_container(pod)
+    env = {e["name"]: e.get("value") for e in ctr["env"]}
+    assert env["PODSNOOP_KUBE"] == "auto" and "POD_UID" in env

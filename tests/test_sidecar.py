@@ -10,11 +10,14 @@ this checkout's (tests/test_image.py runs the image).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import yaml
 
 from exporter import names
 from exporter.exporterproc import ExporterProcess
+from exporter.testapiserver import KubeApiServer
 from prometheus_server import PrometheusServer
 from test_syscalls import GETSID
 
@@ -31,10 +35,21 @@ NAMESPACE, NODE = "shop", "node-7"
 APP_LABEL = "app.kubernetes.io/name"
 
 
-def manifest():
+def manifest(*components: str):
+    """The sidecar's pod spec and container, with the env of the named components' patches
+    (e.g. read-own-pod) merged in by name, as kustomize's strategic merge does."""
     (patch,) = yaml.safe_load_all((DEPLOY / "podsnoop-sidecar.yaml").read_text())
     spec = patch["spec"]["template"]["spec"]
     (ctr,) = [c for c in spec["containers"] if c["name"] == "podsnoop"]
+    for component in components:
+        kust = yaml.safe_load((DEPLOY / component / "kustomization.yaml").read_text())
+        for p in kust.get("patches", []):
+            (doc,) = yaml.safe_load_all((DEPLOY / component / p["path"]).read_text())
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                if c["name"] == "podsnoop":
+                    env = {e["name"]: e for e in ctr["env"]}
+                    env.update({e["name"]: e for e in c.get("env", [])})
+                    ctr["env"] = list(env.values())
     return spec, ctr
 
 
@@ -105,10 +120,11 @@ sys.stdout.write(f"{status}\\n{body.decode()}")
 
 
 class Sidecar(ExporterProcess):
-    def __init__(self, pod, scratch: Path):
+    def __init__(self, pod, scratch: Path, *extra_args: str, components: tuple = ()):
         super().__init__()
-        spec, ctr = manifest()
+        spec, ctr = manifest(*components)
         self.args = []  # the manifest's args, in the launcher
+        ctr["args"] = [*ctr["args"], *extra_args]
         self.command = launcher(spec, ctr, pod, scratch)
         port = next(p["containerPort"] for p in ctr["ports"] if p["name"] == "metrics")
         self.netns = pod.netns
@@ -165,24 +181,41 @@ def snapshot(sidecar, pod):
     return exported, before, udp, m
 
 
-@pytest.fixture(scope="module")
-def rig(factory, tmp_path_factory):
-    pod = factory.create(containers=("app", "podsnoop"))
-    other = factory.create(containers=("app",))
+@contextlib.contextmanager
+def running_sidecar(pod, scratch: Path, *extra_args: str, components: tuple = ()):
+    """The sidecar, stopped at the end (exit 0, no traceback), mount points it made removed."""
     _, ctr = manifest()
     created = [Path(m["mountPath"]) for m in ctr["volumeMounts"]
                if not Path(m["mountPath"]).exists()]
-    sidecar = Sidecar(pod, tmp_path_factory.mktemp("sidecar"))
-    sidecar.start(wait_ready=120)
-    pod.exec(["ping", "-c", "1", "-W", "2", pod.host_ip])  # neighbours resolved
+    sidecar = Sidecar(pod, scratch, *extra_args, components=components)
     try:
-        yield pod, other, sidecar
+        sidecar.start(wait_ready=120)
+        yield sidecar
     finally:
         code = sidecar.stop()
         for path in created:
             path.rmdir()
     assert code == 0, sidecar.output()
     assert "Traceback" not in sidecar.output()
+    assert not our_filters_in(pod), "filters left behind on the pod's eth0"
+
+
+def our_filters_in(pod) -> list[str]:
+    out = []
+    for hook in ("ingress", "egress"):
+        text = pod.exec(["tc", "filter", "show", "dev", "eth0", hook]).stdout
+        out += [ln for ln in text.splitlines() if "podsnoop" in ln]
+    return out
+
+
+@pytest.fixture(scope="module")
+def rig(factory, tmp_path_factory):
+    pod = factory.create(containers=("app", "podsnoop"))
+    other = factory.create(containers=("app",))
+    with running_sidecar(pod, tmp_path_factory.mktemp("sidecar")) as sidecar:
+        pod.exec(["ping", "-c", "1", "-W", "2", pod.host_ip])  # neighbours resolved
+        assert len(our_filters_in(pod)) == 2
+        yield pod, other, sidecar
 
 
 def test_ready_in_sidecar_mode_from_the_downward_api(rig):
@@ -255,9 +288,36 @@ def test_prometheus_with_the_podmonitors_relabelling_keeps_the_pods_labels(rig):
                           scrape_configs=[podmonitor_scrape_config(pod, sidecar.target)]) as prom:
         metric = names.NET_TRANSMIT_BYTES + "_total"
         prom.wait_for(lambda: prom.result(metric), 60, what=f"{metric} in Prometheus")
-        series = [r["metric"] for r in prom.result(f'{{__name__=~"podsnoop_.*"}}')]
+        series = [r["metric"] for r in prom.result('{__name__=~"podsnoop_.*"}')]
     assert series
     for labels in series:
         assert not any(k.startswith("exported_") for k in labels), labels
         assert labels.get("namespace") == NAMESPACE and labels.get("pod") == pod.name, labels
         assert labels.get("container", "") != "podsnoop", labels
+
+
+def test_with_read_access_to_its_own_pod_containers_get_their_names(factory, tmp_path):
+    """Optional: a Role that lets the sidecar read its own pod; it asks for that pod only,
+    in its namespace (no node-wide list)."""
+    pod = factory.create(containers=("app", "podsnoop"))
+    with KubeApiServer(host=pod.host_ip) as api:
+        api.add_pod(pod.name, NAMESPACE, NODE, uid=pod.uid,
+                    containers={c.name: c.id for c in pod.containers.values()})
+        api.add_pod("neighbour", NAMESPACE, NODE)
+        # The component's env (PODSNOOP_KUBE=auto); the kubeconfig stands in for the
+        # in-cluster service account a pod would have, outside /tmp (the emptyDir).
+        kubeconfig = Path(shutil.copy(api.kubeconfig_path, tempfile.mkdtemp(dir="/var/tmp")))
+        with running_sidecar(pod, tmp_path, "--kubeconfig", str(kubeconfig),
+                             components=("read-own-pod",)) as sidecar:
+            pod.exec(["python3", "-c", GETSID, "400"], container="app")
+            deadline = time.monotonic() + 30
+            while not sidecar.metrics().value(names.SYSCALLS + "_total", container="app",
+                                              pod=pod.name, syscall="getsid"):
+                assert time.monotonic() < deadline, "no container names from the API"
+                time.sleep(0.2)
+            m = sidecar.metrics()
+            assert m.value(names.SYSCALLS + "_total", container="app", syscall="getsid") == 400
+            assert not m.series(names.POD_INFO, pod="neighbour")
+        paths = {r.path for r in api.request_log if "/pods" in r.path}
+        shutil.rmtree(kubeconfig.parent)
+    assert paths == {f"/api/v1/namespaces/{NAMESPACE}/pods"}, paths
