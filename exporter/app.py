@@ -35,7 +35,8 @@ from .mode import PodIdentity, detect_mode, pod_identity
 from .memory import freeze_startup_objects, release_compiler_memory
 from .podnetns import PodNetnsIndex
 from .server import Health, make_app
-from .tc import TC_H_EGRESS, TC_H_INGRESS, TcAttacher, owned_name
+from . import tcx
+from .tc import HOOK_NAMES, TC_H_EGRESS, TC_H_INGRESS, TcAttacher, owned_name
 
 log = logging.getLogger("podsnoop")
 
@@ -170,6 +171,20 @@ def make_resolver(cfg: Config) -> CgroupResolver:
                                     "mount the host's /sys/fs/cgroup into the container") from None
 
 
+def choose_attacher(cfg: Config, clsact: TcAttacher):
+    """tcx links at the head of each chain where the kernel has tcx (so a CNI's tcx program
+    cannot hide packets), else classic clsact filters."""
+    if cfg.tc_attach == "clsact" or (cfg.tc_attach == "auto" and not tcx.supported()):
+        log.info("packet programs attach as clsact filters (priority %d)", cfg.tc_priority)
+        return clsact
+    if not tcx.supported():
+        raise PodsnoopError("--tc-attach tcx: this kernel has no tcx (it came in 6.6)",
+                            "use --tc-attach clsact (or auto)")
+    log.info("packet programs attach as tcx links at the head of each chain")
+    return tcx.TcxAttacher(clsact, {HOOK_NAMES[hook]: fd
+                                    for hook, (_, fd) in clsact.programs.items()})
+
+
 def own_pod_scope(resolver, identity: PodIdentity) -> OwnPod:
     scope = OwnPod(resolver, identity.uid)
     if not scope.kubepods_roots:
@@ -258,7 +273,7 @@ async def run(cfg: Config) -> int:
             drops_bpf = load_drop_programs(cfg, sidecar=identity is not None)
             cleanups.append(drops_bpf.cleanup)
         async with AsyncIPRoute() as ipr:
-            attacher = TcAttacher(ipr, programs, cfg.tc_priority)
+            attacher = choose_attacher(cfg, TcAttacher(ipr, programs, cfg.tc_priority))
             if identity is None:
                 links = LinkManager(attacher, PodNetnsIndex(ipr, resolver), cfg.interfaces,
                                     selects=is_pod_veth)

@@ -82,6 +82,7 @@ class Config:
     resize_min_interval: float = 5.0
     # Node exporter or a pod's sidecar (issue 12); "auto" is resolved at start (mode.py).
     mode: str = "auto"
+    tc_attach: str = "auto"
     pod_info_dir: str = "/etc/podinfo"
 
 
@@ -150,6 +151,10 @@ FLAGS = [
     ("--interfaces", "PODSNOOP_INTERFACES", None, regex,
      "only attach to host veths whose name fully matches this regex (default: every veth "
      "whose peer is in another network namespace)", {}),
+    ("--tc-attach", "PODSNOOP_TC_ATTACH", "auto", str.lower,
+     "tcx: attach the packet programs as tcx links at the head of each chain, before any "
+     "CNI program (kernel >= 6.6); clsact: classic TC filters (older kernels); auto: tcx "
+     "where the kernel has it", {"choices": ["auto", "tcx", "clsact"]}),
     ("--tc-priority", "PODSNOOP_TC_PRIORITY", "50000", bounded_int(1, 65535),
      "TC filter priority of podsnoop's programs; higher runs later, after a CNI's filters", {}),
     ("--grace-period", "PODSNOOP_GRACE_PERIOD", str(DEFAULT_GRACE_SECONDS), seconds,
@@ -277,4 +282,5 @@ def parse(argv: list[str] | None = None) -> Config:
                   container_net_map_entries=a.container_net_map_entries,
                   resize=a.resize, resize_hold_seconds=a.resize_hold_seconds,
                   resize_min_interval=a.resize_min_interval, mode=a.mode,
+                  tc_attach=a.tc_attach,
                   pod_info_dir=a.pod_info_dir)

@@ -20,7 +20,6 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_TC
 
-from . import tcx
 from .tc import GONE, HOOK_NAMES, ForeignFilterError, TcAttacher
 
 log = logging.getLogger(__name__)
@@ -141,13 +140,13 @@ class LinkManager:
 
     def check_tcx(self) -> int:
         """Mark pod links that carry tcx programs; warn once per link. Returns how many."""
-        hooks = tcx.tcx_hooks()
+        hooks = self.attacher.hooks_in_front()
         for link in self.links.values():
             found = hooks.get(link.index)
             if found and not link.behind_tcx:
-                log.warning("%s has tcx programs on %s (e.g. Cilium in TCX mode): they run "
-                            "before podsnoop's clsact filter, and packets they pass, redirect "
-                            "or drop are not counted for pod %s", link.name,
+                log.warning("%s has tcx programs on %s (e.g. Cilium in TCX mode) that run "
+                            "before podsnoop's, and packets they pass, redirect or drop are "
+                            "not counted for pod %s", link.name,
                             "/".join(sorted(found)), link.pod_uid or "?")
             link.behind_tcx = bool(found)
         return sum(link.behind_tcx for link in self.links.values())
@@ -161,6 +160,7 @@ class LinkManager:
 
     def _forget(self, index: int) -> None:
         link = self.links.pop(index, None)
+        self.attacher.forget(index)
         if link is not None:
             log.info("%s (ifindex %d) is gone", link.name, index)
             if all(other.netnsid != link.netnsid for other in self.links.values()):

@@ -125,6 +125,14 @@ class TcAttacher:
                 if e.code not in GONE:
                     raise
 
+    def forget(self, index: int) -> None:
+        """The interface is gone: the kernel removed its filters with it."""
+
+    def hooks_in_front(self) -> dict[int, set[str]]:
+        """ifindex -> hooks with tcx programs: they all run before any clsact filter."""
+        from . import tcx
+        return tcx.tcx_hooks()
+
     async def sweep(self, index: int) -> bool:
         """Remove a crashed podsnoop's leftovers from a link we will not attach to."""
         found = False

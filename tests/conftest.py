@@ -79,13 +79,23 @@ def exporter(factory):
 
 
 def our_filters(host_if: str, priority: int = 50000) -> list[str]:
-    """podsnoop's filter lines (ours by priority) on both hooks of a link, via tc(8)."""
+    """podsnoop's attachments on both hooks of a link, however attached: its clsact filters
+    (ours by priority, via tc(8)) and its tcx links (programs named podsnoop_*)."""
+    from exporter import tcx
     lines = []
     for hook in ("ingress", "egress"):
         out = subprocess.run(["tc", "filter", "show", "dev", host_if, hook],
                              capture_output=True, text=True).stdout
         lines += [f"{hook}: {ln}" for ln in out.splitlines()
                   if f"pref {priority} " in ln and "handle" in ln]
+        try:
+            index = int(open(f"/sys/class/net/{host_if}/ifindex").read())
+        except OSError:
+            continue
+        for position, prog in enumerate(tcx.chain(index, hook)):
+            name = tcx.prog_name(prog)
+            if name.startswith("podsnoop"):
+                lines.append(f"{hook}: tcx #{position} {name} id {prog}")
     return lines
 
 

@@ -399,7 +399,7 @@ def test_sigkill_restart_takes_over_without_double_attach(pods):
     and maps are freed, counters restart from zero once (documented in the README: a new
     process has new maps) and then count exactly."""
     survivors = [pods.create() for _ in range(3)]
-    first = run_exporter(pods)
+    first = run_exporter(pods, "--tc-attach", "clsact")  # tcx links: tests/test_tcx.py
     for p in survivors:
         wait_for(lambda: len(our_filters(p.host_if)) == 2, what="attach")
         p.exec(["ping", "-c", "2", "-i", "0.02", "-q", p.host_ip])
@@ -409,7 +409,7 @@ def test_sigkill_restart_takes_over_without_double_attach(pods):
     first.stop(signal.SIGKILL)
     for p in survivors:
         assert len(our_filters(p.host_if)) == 2   # left behind by the crash
-    second = run_exporter(pods)
+    second = run_exporter(pods, "--tc-attach", "clsact")
     try:
         for p in survivors:
             wait_for(lambda: all(f"@{second.proc.pid}" in ln for ln in our_filters(p.host_if)),

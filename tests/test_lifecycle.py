@@ -1,5 +1,6 @@
-"""Attach lifecycle: coexistence with foreign filters, clean exit, crash and restart,
-hand-over between two instances. Real veths, real TC, the real exporter process."""
+"""Attach lifecycle in clsact mode (`--tc-attach clsact`, the fallback for kernels without
+tcx): coexistence with foreign filters, clean exit, crash and restart, hand-over between two
+instances. Real veths, real TC, the real exporter process. tcx mode: tests/test_tcx.py."""
 from __future__ import annotations
 
 import signal
@@ -10,10 +11,16 @@ from pyroute2 import IPRoute
 
 from exporter import bpfload, names
 from exporter.tc import TC_H_EGRESS, TC_H_INGRESS
-from conftest import our_filters, run_exporter
+import conftest
+from conftest import our_filters
 from test_network import wait_for
 
 TRANSMIT_ICMP = names.NET_TRANSMIT_PACKETS + "_total"
+
+
+def run_exporter(factory, *args: str, **kw):
+    """In clsact mode (a later flag still wins)."""
+    return conftest.run_exporter(factory, "--tc-attach", "clsact", *args, **kw)
 
 
 def tc_lines(host_if: str) -> list[str]:

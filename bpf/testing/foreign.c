@@ -26,3 +26,16 @@ int pass_final(struct __sk_buff *skb)
 {
     return TC_ACT_OK;
 }
+
+// A redirect, as a CNI's tcx program does for traffic it delivers itself: the packet goes
+// back out of the device it came in on (a hairpin), and the stack never sees it.
+int redirect_back(struct __sk_buff *skb)
+{
+    return bpf_redirect(skb->ifindex, 0);
+}
+
+// Drops every packet (a network policy's verdict).
+int drop_all(struct __sk_buff *skb)
+{
+    return TC_ACT_SHOT;
+}
