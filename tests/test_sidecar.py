@@ -201,11 +201,14 @@ def running_sidecar(pod, scratch: Path, *extra_args: str, components: tuple = ()
 
 
 def our_filters_in(pod) -> list[str]:
-    out = []
-    for hook in ("ingress", "egress"):
-        text = pod.exec(["tc", "filter", "show", "dev", "eth0", hook]).stdout
-        out += [ln for ln in text.splitlines() if "podsnoop" in ln]
-    return out
+    """podsnoop's attachments (tcx links or clsact filters) on the pod's eth0, seen from
+    inside the pod's network namespace."""
+    r = subprocess.run(
+        ["ip", "netns", "exec", pod.netns, sys.executable, "-c",  # with the pod's sysfs
+         "import sys; sys.path.insert(0, sys.argv[1]); from conftest import our_filters; "
+         "print('\\n'.join(our_filters('eth0')))", str(Path(__file__).parent)],
+        capture_output=True, text=True, check=True)
+    return r.stdout.split("\n")[:-1] if r.stdout.strip() else []
 
 
 @pytest.fixture(scope="module")
