@@ -26,9 +26,9 @@ if __package__ in (None, ""):  # python alerts/generate.py
 from dashboards import promql as q  # noqa: E402
 from exporter.generated import write_or_check  # noqa: E402
 from dashboards.generate import (  # noqa: E402
-    BPF_MAP_FILL_THRESHOLD, CONTAINER_KEYS, DROP_RATIO_THRESHOLD, POD_KEYS,
+    BPF_CPU_SHARE_THRESHOLD, BPF_MAP_FILL_THRESHOLD, CONTAINER_KEYS, DROP_RATIO_THRESHOLD, POD_KEYS,
     SYSCALL_ERROR_RATIO_THRESHOLD, SYSCALL_P99_THRESHOLD_SECONDS,
-    TCP_CONNECT_FAILURE_RATIO_THRESHOLD, TCP_CONNECT_P99_THRESHOLD_SECONDS, bpf_map_fill_ratio,
+    TCP_CONNECT_FAILURE_RATIO_THRESHOLD, TCP_CONNECT_P99_THRESHOLD_SECONDS, bpf_cpu_share, bpf_map_fill_ratio,
     drop_ratio, syscall_error_ratio, syscall_p99, tcp_connect_failure_ratio, tcp_connect_p99,
 )
 from dashboards.promql import (  # noqa: E402
@@ -182,6 +182,17 @@ def exporter_rules() -> list[dict]:
               f"{EXPORTER_REF} has left series out ({PER_SECOND} per second) "
               f"because the hard series cap was reached: its totals are incomplete. Narrow "
               f"the syscall allowlist or raise the cap."),
+        alert("PodsnoopKernelCPUHigh",
+              f"{bpf_cpu_share(window=WINDOW, keys=(INSTANCE, NAMESPACE, POD))}\n"
+              f"> {BPF_CPU_SHARE_THRESHOLD}", "15m", "warning",
+              f"podsnoop's BPF programs take {{{{ $value | humanizePercentage }}}} of "
+              f"{EXPORTER_REF}'s CPUs",
+              f"For 15 minutes podsnoop's BPF programs on {EXPORTER_REF} have run for more "
+              f"than {_pct(BPF_CPU_SHARE_THRESHOLD)} of the node's CPU time (the kernel's "
+              f"run-time statistics, podsnoop_bpf_program_run_seconds_total): that is "
+              f"taken from the node's workloads. The exporter-health dashboard shows which "
+              f"program; turn off the collectors you do not need (--syscalls, --exec, "
+              f"--tcp, --drops)."),
         alert("PodsnoopKubeWatchRestarting",
               f"increase({q.KUBE_WATCH_RESTARTS}[{WATCH_RESTARTS_WINDOW}]) > "
               f"{WATCH_RESTARTS_MAX}", "15m", "warning",
@@ -459,6 +470,21 @@ def unit_tests() -> dict:
         _series(q.SERIES_CAP_DROPPED, {**_exporter("node-a"), COLLECTOR: "network"}, "0x30"),
     ], "15m", [_fires("PodsnoopSeriesCapHit", {**_exporter("node-a"), COLLECTOR: "syscalls"},
                       "1.67")]))
+
+    # In-kernel CPU: node-a's programs run 3 s per second on 100 CPUs (3%); node-b's 1 s
+    # per second on 100 CPUs (1%, under the threshold).
+    cases.append(_case("PodsnoopKernelCPUHigh", [
+        _series(q.BPF_PROGRAM_RUN_SECONDS, {**_exporter("node-a"), q.PROGRAM: "syscalls/a"},
+                "0+120x30"),
+        _series(q.BPF_PROGRAM_RUN_SECONDS, {**_exporter("node-a"), q.PROGRAM: "net/b"},
+                "0+60x30"),
+        _series(q.NODE_CPUS, _exporter("node-a"), "100x30"),
+        _series(q.BPF_PROGRAM_RUN_SECONDS, {**_exporter("node-b"), q.PROGRAM: "syscalls/a"},
+                "0+60x30"),
+        _series(q.NODE_CPUS, _exporter("node-b"), "100x30"),
+    ], "25m", [_fires("PodsnoopKernelCPUHigh",
+                      {INSTANCE: _exporter("node-a")[INSTANCE], NAMESPACE: "podsnoop",
+                       POD: "podsnoop-node-a"}, "3%")]))
 
     # Watch restarts: node-a restarts once a minute (15 in 15m); node-b once every 10 minutes
     # (1 or 2 in 15m, under the limit).

@@ -574,6 +574,17 @@ def exporter_dashboard() -> dict:
                    "programs attached.",
                    [target(f"sum {by(INSTANCE)} ({sel(q.ATTACHED_INTERFACES, *h)})",
                            "{{instance}}")], "short"),
+        timeseries("In-kernel CPU of podsnoop's programs", "Time podsnoop's BPF programs "
+                   "ran in the kernel, as a share of the node's CPUs (the kernel's run-time "
+                   "statistics; empty where podsnoop_bpf_stats_enabled is 0). Alert "
+                   f"PodsnoopKernelCPUHigh fires above {BPF_CPU_SHARE_THRESHOLD:.0%}.",
+                   [target(bpf_cpu_share(h), "{{instance}}")], "percentunit",
+                   thresholds=[(None, "green"), (BPF_CPU_SHARE_THRESHOLD, "red")]),
+        timeseries("In-kernel time by program", "CPU-seconds per second each of podsnoop's "
+                   "BPF programs ran (syscall programs run for every task of the node).",
+                   [target(sum_by((INSTANCE, q.PROGRAM),
+                                  rate(sel(q.BPF_PROGRAM_RUN_SECONDS, *h), RATE)),
+                           "{{instance}} {{program}}")], "s"),
         timeseries("BPF map fill ratio", "Entries / max entries of each BPF map. The alert "
                    f"PodsnoopBPFMapNearCapacity fires above {BPF_MAP_FILL_THRESHOLD:.0%}.",
                    [target(bpf_map_fill_ratio(h), "{{instance}} {{map}}")], "percentunit",
@@ -625,6 +636,7 @@ DROP_RATIO_THRESHOLD = 0.01
 SYSCALL_ERROR_RATIO_THRESHOLD = 0.5
 SYSCALL_P99_THRESHOLD_SECONDS = 1.0
 BPF_MAP_FILL_THRESHOLD = 0.9
+BPF_CPU_SHARE_THRESHOLD = 0.02  # of the node's CPUs, spent in podsnoop's BPF programs
 TCP_CONNECT_FAILURE_RATIO_THRESHOLD = 0.2
 TCP_CONNECT_P99_THRESHOLD_SECONDS = 0.5
 
@@ -665,6 +677,15 @@ def tcp_connect_p99(matchers: tuple[str, ...], window: str,
                     keys: tuple[str, ...] = POD_KEYS) -> str:
     return (f"histogram_quantile(0.99, "
             f"{sum_by(keys + ('le',), rate(sel(q.TCP_CONNECT_DURATION_BUCKET, *matchers), window))})")
+
+
+def bpf_cpu_share(matchers: tuple[str, ...] = (), window: str = RATE,
+                  keys: tuple[str, ...] = (INSTANCE,)) -> str:
+    """Share of the node's CPUs podsnoop's BPF programs take, per exporter (keys: the
+    labels that name one exporter)."""
+    on = ", ".join(keys)
+    return (f"sum {by(*keys)} ({rate(sel(q.BPF_PROGRAM_RUN_SECONDS, *matchers), window)})"
+            f"\n/ on({on}) max {by(*keys)} ({sel(q.NODE_CPUS, *matchers)})")
 
 
 def bpf_map_fill_ratio(matchers: tuple[str, ...] = (), *, aggregate: bool = True) -> str:

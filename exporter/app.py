@@ -22,6 +22,8 @@ from .collectors.exec import ExecCollector, ExecLog, ExecLogEndpoint
 from .collectors.exec import load_programs as load_exec_programs
 from .collectors.network import NetworkCollector
 from .collectors.pods import PodCollector
+from .collectors.programs import ProgramCostCollector
+from .bpfstats import RunTimeStats
 from .collectors.scrape import ScrapeCollector
 from .collectors.syscalls import SyscallCollector
 from .collectors.tcp import TcpCollector
@@ -215,13 +217,16 @@ async def run(cfg: Config) -> int:
     watcher = None
     tasks: list[asyncio.Task] = []
     cleanups: list = []  # the feature programs' cleanups, run last-first
+    programs: dict[str, int] = {}  # every loaded program's fd, for its run-time statistics
+    stats = RunTimeStats()
     syncs: list = []     # their filter maps, kept current by sync_feature_maps
     try:
         resolver = make_resolver(cfg)
         # What the programs count as "in a pod": every pod below the kubepods roots, or in
         # sidecar mode only this pod's cgroup (filtered in the kernel).
         scope = own_pod_scope(resolver, identity) if identity else resolver
-        net, programs = load_network_programs(cfg, mode)
+        net, tc_programs = load_network_programs(cfg, mode)
+        programs.update(bpfload.program_fds(net, "net"))
         pod_index, watcher = start_pod_watcher(cfg, identity)
         labeler = PodLabeler(pod_index)
         collectors = {}
@@ -233,12 +238,14 @@ async def run(cfg: Config) -> int:
         root_sync = None
         if cfg.syscalls:
             syscalls_bpf, root_sync = load_syscall_programs(cfg, scope)
+            programs.update(bpfload.program_fds(syscalls_bpf, "syscalls"))
             root_sync.sync()
             collectors["syscalls"] = SyscallCollector(
                 syscalls_bpf, resolver, labeler, cfg.grace_seconds, top=cfg.syscall_top,
                 allowlist=cfg.syscall_allowlist, series_cap=cfg.syscall_series_cap)
         if cfg.exec:
             exec_bpf, exec_sync = load_exec_programs(cfg, scope)
+            programs.update(bpfload.program_fds(exec_bpf, "exec"))
             cleanups.append(exec_bpf.cleanup)
             exec_sync.sync()
             syncs.append(exec_sync)
@@ -254,15 +261,18 @@ async def run(cfg: Config) -> int:
             resize = ResizeOnExec(cfg, resolver, pod_index)
             cleanups.append(resize.stop)
             collectors["resize"] = resize.collector
+            programs.update(bpfload.program_fds(resize.bpf, "resize"))
         # --- end resize on exec ----------------------------------------------------------
         if cfg.tcp:
             tcp_bpf, tcp_sync = load_tcp_programs(cfg, scope)
+            programs.update(bpfload.program_fds(tcp_bpf, "tcp"))
             cleanups.append(tcp_bpf.cleanup)
             tcp_sync.sync()
             syncs.append(tcp_sync)
             collectors["tcp"] = TcpCollector(tcp_bpf, resolver, labeler, cfg.grace_seconds)
         if cfg.container_network:
             cnet_bpf, cnet_links = load_container_net_programs(cfg, scope)
+            programs.update(bpfload.program_fds(cnet_bpf, "container_net"))
             cleanups.append(cnet_bpf.cleanup)
             cleanups.append(cnet_links.close)  # links closed before the programs go
             syncs.append(cnet_links)
@@ -271,9 +281,10 @@ async def run(cfg: Config) -> int:
         drops_bpf = None
         if cfg.drops:
             drops_bpf = load_drop_programs(cfg, sidecar=identity is not None)
+            programs.update(bpfload.program_fds(drops_bpf, "drops"))
             cleanups.append(drops_bpf.cleanup)
         async with AsyncIPRoute() as ipr:
-            attacher = choose_attacher(cfg, TcAttacher(ipr, programs, cfg.tc_priority))
+            attacher = choose_attacher(cfg, TcAttacher(ipr, tc_programs, cfg.tc_priority))
             if identity is None:
                 links = LinkManager(attacher, PodNetnsIndex(ipr, resolver), cfg.interfaces,
                                     selects=is_pod_veth)
@@ -287,6 +298,9 @@ async def run(cfg: Config) -> int:
                 collectors["drops"] = DropCollector(
                     drops_bpf, links, resolver, labeler, cfg.grace_seconds,
                     netns=OwnNetns(identity.uid) if identity else None)
+            if cfg.bpf_stats:
+                stats.enable()
+                collectors["programs"] = ProgramCostCollector(programs, stats)
             registry.register(ScrapeCollector({"network": network, **collectors}))
             registry.register(BuildInfo())
             release_compiler_memory()  # every program is compiled by now
@@ -311,6 +325,7 @@ async def run(cfg: Config) -> int:
             await links.stop()
         if syscalls_bpf is not None:
             syscalls_bpf.cleanup()  # detaches the tracepoints
+        stats.close()
         for cleanup in reversed(cleanups):
             try:
                 cleanup()

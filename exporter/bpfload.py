@@ -161,3 +161,10 @@ def compile_program(program: str, cflags: list[str]):
         check_kernel_headers()
     raise PodsnoopError(f"compiling {path.name} failed: {first.strip()}",
                         "check that the kernel headers match the running kernel")
+
+
+def program_fds(bpf, source: str) -> dict[str, int]:
+    """"<source>/<function>" -> fd of every program a compiled source has loaded (the TC,
+    tracepoint and cgroup programs alike), for the run-time statistics."""
+    return {f"{source}/{name.decode() if isinstance(name, bytes) else name}": fn.fd
+            for name, fn in bpf.funcs.items()}

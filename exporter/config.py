@@ -83,6 +83,7 @@ class Config:
     # Node exporter or a pod's sidecar (issue 12); "auto" is resolved at start (mode.py).
     mode: str = "auto"
     tc_attach: str = "auto"
+    bpf_stats: bool = True
     pod_info_dir: str = "/etc/podinfo"
 
 
@@ -167,6 +168,10 @@ FLAGS = [
     ("--pod-labels", "PODSNOOP_POD_LABELS", "", label_keys,
      "comma-separated pod label keys exported on podsnoop_pod_info as label_<key> "
      "(e.g. app,team)", {}),
+    ("--bpf-stats", "PODSNOOP_BPF_STATS", "on", on_off,
+     "export the kernel's run-time statistics of podsnoop's programs "
+     "(podsnoop_bpf_program_run_seconds_total), turned on while podsnoop runs; needs "
+     "CAP_SYS_ADMIN unless kernel.bpf_stats_enabled is already 1", {}),
     ("--syscalls", "PODSNOOP_SYSCALLS", "on", on_off,
      "per-container syscall counts, errors and latency (off: the programs are not loaded)", {}),
     ("--syscall-scope", "PODSNOOP_SYSCALL_SCOPE", "pods", str,
@@ -282,5 +287,5 @@ def parse(argv: list[str] | None = None) -> Config:
                   container_net_map_entries=a.container_net_map_entries,
                   resize=a.resize, resize_hold_seconds=a.resize_hold_seconds,
                   resize_min_interval=a.resize_min_interval, mode=a.mode,
-                  tc_attach=a.tc_attach,
+                  tc_attach=a.tc_attach, bpf_stats=a.bpf_stats,
                   pod_info_dir=a.pod_info_dir)

@@ -79,6 +79,11 @@ SERIES_CAP_DROPPED = "podsnoop_series_cap_dropped"
 SCRAPE_COLLECTOR_DURATION = "podsnoop_scrape_collector_duration_seconds"
 SCRAPE_COLLECTOR_SUCCESS = "podsnoop_scrape_collector_success"
 BUILD_INFO = "podsnoop_build_info"
+# What podsnoop's programs cost in the kernel, from the kernel's own run-time statistics.
+BPF_PROGRAM_RUN_SECONDS = "podsnoop_bpf_program_run_seconds"  # counter, label program
+BPF_PROGRAM_RUNS = "podsnoop_bpf_program_runs"                # counter, label program
+BPF_STATS_ENABLED = "podsnoop_bpf_stats_enabled"              # 1 while the figures are kept
+NODE_CPUS = "podsnoop_node_cpus"                              # to express them as a share
 
 # Resize on exec (issue 8): pods opt in with this annotation; bpf/resize.c matches execs in
 # the kernel and exporter/resize/ patches the container's resources through the API.

@@ -356,6 +356,12 @@ def _openmetrics(end: int) -> str:
     family(q.SCRAPE_COLLECTOR_SUCCESS, "gauge",
            [(q.SCRAPE_COLLECTOR_SUCCESS, {q.COLLECTOR: c}, 1) for c in collectors])
     family(q.BUILD_INFO, "gauge", [(q.BUILD_INFO, {q.VERSION: "0.1.0"}, 1)])
+    counter(names.BPF_PROGRAM_RUN_SECONDS, [({q.PROGRAM: p}, 0.01)
+                                            for p in ("net/ingress", "syscalls/enter")])
+    counter(names.BPF_PROGRAM_RUNS, [({q.PROGRAM: p}, 1e5)
+                                     for p in ("net/ingress", "syscalls/enter")])
+    family(q.BPF_STATS_ENABLED, "gauge", [(q.BPF_STATS_ENABLED, {}, 1)])
+    family(q.NODE_CPUS, "gauge", [(q.NODE_CPUS, {}, 8)])
     family(q.UP, "gauge", [(q.UP, {}, 1)])
     lines.append("# EOF")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,73 @@
+"""The in-kernel cost of podsnoop's programs, from the kernel's own run-time statistics,
+turned on only while podsnoop runs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from exporter import bpfload, names, tcx
+from exporter.bpfstats import run_stats
+from conftest import run_exporter, wait_for_filters
+from test_network import deltas, snapshot
+
+SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+RUNS = names.BPF_PROGRAM_RUNS + "_total"
+SECONDS = names.BPF_PROGRAM_RUN_SECONDS + "_total"
+MANIFEST_CAPS = "-all,+bpf,+perfmon,+net_admin,+sys_ptrace"  # deploy/daemonset.yaml's
+
+
+def test_every_program_is_timed_and_runs_count_packets_exactly(pods, kernel):
+    assert SYSCTL.read_text().strip() == "0", "statistics must be off before the test"
+    pod = pods.create()
+    # A program of someone else's on the same veth: the kernel counts its runs only while
+    # statistics are on, which shows when podsnoop turned them off again.
+    other = bpfload.compile_program("testing/foreign", [])
+    other_fd = other.load_func("foreign_count", other.SCHED_CLS).fd
+    link = tcx.attach_tcx(other_fd, pod.host_ifindex(), "ingress")
+    proc = run_exporter(pods)
+    try:
+        wait_for_filters(pod)
+        # On through podsnoop's BPF_ENABLE_STATS fd, not the node-wide sysctl.
+        assert SYSCTL.read_text().strip() == "0"
+        pod.exec(["ping", "-c", "1", "-W", "2", pod.host_ip])
+        before, runs0 = snapshot(proc, pod), proc.metrics()
+        pod.exec(["ping", "-c", "20", "-i", "0.01", "-W", "2", pod.host_ip])
+        after, runs1 = snapshot(proc, pod), proc.metrics()
+        _, kernel, _, _ = deltas(before, after)
+        ingress = "net/podsnoop_tc_ingress"
+        # One run of the ingress program per packet out of the pod (only this factory's
+        # veths are attached).
+        assert (runs1.value(RUNS, program=ingress) - runs0.value(RUNS, program=ingress)
+                == kernel["transmit_packets"] >= 20)
+        programs = {labels["program"] for labels in runs1.series(SECONDS)}
+        assert {"net/podsnoop_tc_ingress", "net/podsnoop_tc_egress"} <= programs
+        assert any(p.startswith("syscalls/") for p in programs), programs
+        assert runs1.value(SECONDS, program=ingress) > 0
+        assert runs1.value(names.BPF_STATS_ENABLED) == 1
+        assert run_stats(other_fd)[1] >= kernel["transmit_packets"]
+    finally:
+        assert proc.stop() == 0, proc.output()
+    try:
+        assert SYSCTL.read_text().strip() == "0"
+        counted = run_stats(other_fd)[1]
+        pod.exec(["ping", "-c", "5", "-i", "0.01", "-W", "2", pod.host_ip])
+        assert run_stats(other_fd)[1] == counted, "statistics stayed on after podsnoop"
+    finally:
+        os.close(link)
+        other.cleanup()
+
+
+def test_without_sys_admin_it_says_so_and_runs_on(pods):
+    pod = pods.create()
+    proc = run_exporter(pods, wrapper=["setpriv", f"--bounding-set={MANIFEST_CAPS}",
+                                       "--inh-caps=-all"])
+    try:
+        wait_for_filters(pod)
+        m = proc.metrics()
+        assert m.value(names.BPF_STATS_ENABLED) == 0
+        assert not m.series(SECONDS)
+    finally:
+        assert proc.stop() == 0, proc.output()
+    out = proc.output()
+    assert out.count("BPF run-time statistics are off (needs CAP_SYS_ADMIN)") == 1, out
+    assert "Traceback" not in out
