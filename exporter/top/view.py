@@ -71,7 +71,7 @@ COLUMNS = (
     Column("connect_failures", "CFAIL/s", si, "TCP connects failed/s"),
     Column("retransmits", "RETR/s", si, "TCP segments retransmitted/s"),
     Column("drops", "DROP/s", si, "packets dropped/s"),
-    Column("drop_reason", "DROP REASON", str, "the most frequent drop reason"),
+    Column("drop_reason", "DROP REASON", lambda v: v or "-", "the most frequent drop reason"),
     Column("execs", "EXEC/s", si, "execs/s"),
 )
 BY_KEY = {c.key: c for c in COLUMNS}
@@ -87,7 +87,7 @@ NARROW = (
 
 def cell(row: PodRow, key: str) -> str:
     if key == "pod":
-        return row.name
+        return row.name or "-"
     return BY_KEY[key].fmt(getattr(row, key))
 
 
@@ -95,7 +95,7 @@ def _header(key: str, sort: str, reverse: bool) -> Text:
     title = BY_KEY[key].header
     if key != sort:
         return Text(title)
-    return Text(title + ("^" if reverse else "v"), style="bold reverse")
+    return Text(title + "*", style="bold reverse")
 
 
 def table(rows: list[PodRow], sort: str, reverse: bool, narrow: bool) -> Table:
@@ -117,5 +117,5 @@ def table(rows: list[PodRow], sort: str, reverse: bool, narrow: bool) -> Table:
                      max_width=12 if bottom == "drop_reason" else None)
     for r in rows:
         name = f"{r.namespace}\n{r.pod}" if r.namespace else f"-\n{r.pod}"
-        t.add_row(name, *(f"{cell(r, top)}\n{cell(r, bottom) or '-'}" for top, bottom in NARROW))
+        t.add_row(name, *(f"{cell(r, top)}\n{cell(r, bottom)}" for top, bottom in NARROW))
     return t
