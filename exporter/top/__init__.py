@@ -100,8 +100,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class View:
-    def __init__(self, args: argparse.Namespace, console: Console):
+    def __init__(self, args: argparse.Namespace, console: Console, footer=None):
+        """footer: a callable returning a renderable shown under the table (or None)."""
         self.args = args
+        self.footer = footer
         self.console = console
         self.sort = args.sort
         self.reverse = args.reverse
@@ -136,6 +138,8 @@ class View:
         if self.rows is not None:
             rows = sort_rows(self.rows, self.sort, self.reverse)
             parts.append(table(rows, self.sort, self.reverse, self.narrow()))
+        if self.footer is not None and (extra := self.footer()) is not None:
+            parts.append(extra)
         return Group(*parts)
 
     def key(self, ch: str) -> bool:
@@ -188,26 +192,37 @@ def run_once(args, console: Console) -> int:
     return 0
 
 
-def run_live(args, console: Console) -> int:
-    view = View(args, console)
+def run_live(args, console: Console, footer=None, deadline: float | None = None) -> int:
+    """Until q, Ctrl-C or `deadline` (time.monotonic()); `footer` as in View."""
+    view = View(args, console, footer)
     prev = scrape(args.url)   # the first scrape must work: a wrong URL ends here
+
+    def over() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
     if not console.is_terminal:   # a pipe or a file: one table per interval, no escapes
-        while True:
+        while not over():
             time.sleep(max(0.0, prev.t + args.interval - time.monotonic()))
             cur = scrape(args.url)
             view.update(prev, cur)
             prev = cur
             console.print(view.render(live=False))
             console.print()
+        return 0
     next_at = prev.t + args.interval
     with cbreak_stdin() as fd, Live(view.render(), console=console, screen=True,
                                      auto_refresh=False) as live:
-        while True:
-            ch = wait_key(fd, next_at - time.monotonic())
+        while not over():
+            wait = next_at - time.monotonic()
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+            ch = wait_key(fd, wait)
             if ch is not None:
                 if not view.key(ch):
                     return 0
                 live.update(view.render(), refresh=True)
+                continue
+            if time.monotonic() < next_at:
                 continue
             try:
                 cur = scrape(args.url)
@@ -219,6 +234,7 @@ def run_live(args, console: Console) -> int:
             view.update(prev, cur)
             prev, next_at = cur, cur.t + args.interval
             live.update(view.render(), refresh=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
