@@ -7,8 +7,8 @@ Four test pods (netns + veth + kubepods cgroup + real processes, exporter/testpo
 named by the local test Kubernetes API (exporter/testapiserver.py):
 
   shop/web-0        web: a steady TCP upload and a successful connect every 2 s;
-                    sidecar: ping (ICMP)
-  shop/cache-0      cache: UDP echo, ping over IPv6 (ICMPv6)
+                    sidecar: ping (ICMP); both steady syscalls
+  shop/cache-0      cache: UDP echo, ping over IPv6 (ICMPv6), steady syscalls
   batch/cruncher-0  crunch: syscall-heavy (20,000 getsid/s); jobs: 5 execs/s;
                     sleeper: only 1.2 s sleeps (slow syscalls)
   batch/flaky-0     app: error-heavy (90 % of its syscalls fail), a refused connect every
@@ -265,12 +265,15 @@ class Demo:
         web.run(py(TCP_SENDER, web.host_ip, ok, 200_000), container="web")
         web.run(py(CONNECTS, web.host_ip, ok, 2.0), container="web")
         web.run(py(SYSCALLS, 2000, 50), container="web")
-        # ping's waits stay under 268 ms, the syscall histogram bucket below 1 s: with
-        # -i 0.5 the p99 interpolated in (268 ms, 1.07 s] goes over the alert's 1 s.
+        # ping blocks in recvmsg between echoes (0.27-1.07 s by the histogram): the sidecar
+        # also does steady work, so those few calls stay under 1 % and its p99 under the
+        # alert's 1 s (an idle pinger alone would trip PodsnoopSyscallLatencyHigh).
         web.run(["ping", "-q", "-i", "0.2", "-s", "300", web.host_ip], container="sidecar")
+        web.run(py(SYSCALLS, 1000, 0), container="sidecar")
         cache = self.pods[("shop", "cache-0")]
         cache.run(py(UDP_SENDER, cache.host_ip, echo, 50, "echo"), container="cache")
         cache.run(["ping", "-6", "-q", "-i", "0.2", cache.host_ip6], container="cache")
+        cache.run(py(SYSCALLS, 1000, 0), container="cache")
         cruncher = self.pods[("batch", "cruncher-0")]
         cruncher.run(py(SYSCALLS, 20000, 0), container="crunch")
         cruncher.run(py(EXECS), container="jobs")

@@ -1,0 +1,144 @@
+"""`./dev demo` unattended: 60 s without a terminal, through the real entry point. It must
+show `podsnoop top` with every demo pod and every signal, report the alerts of its faulty
+pods, stop by itself, and leave nothing behind: no test pod netns, veth or cgroup, no TC
+filter of its exporter, no process it started."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from demo.run import EXPECTED_ALERTS, PODS  # noqa: E402
+from exporter.cgroups import find_cgroup2_mount  # noqa: E402
+from exporter.top.view import COLUMNS  # noqa: E402
+
+COLS = [c.key for c in COLUMNS]
+
+
+def proc_start(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time): a pid with it is the same process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def descendants(root: int) -> set[tuple[int, str]]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if (start := proc_start(child)) is not None:
+                out.add((child, start))
+                todo.append(child)
+    return out
+
+
+def last_table(out: str) -> dict[str, dict]:
+    """The rows of the last table top printed."""
+    blocks = out.split("podsnoop top  ")
+    rows = {}
+    for line in blocks[-1].splitlines()[2:]:
+        words = line.split()
+        if not words or "/" not in words[0] or len(words) != len(COLS):
+            break
+        rows[words[0]] = dict(zip(COLS, words))
+    return rows
+
+
+def number(cell: str) -> float:
+    cell = cell.rstrip("%")
+    scale = {"k": 1e3, "M": 1e6, "G": 1e9}
+    return float(cell[:-1]) * scale[cell[-1]] if cell[-1] in scale else float(cell)
+
+
+@pytest.mark.timeout(240)
+def test_demo_runs_unattended_and_leaves_nothing_behind(kernel):
+    proc = subprocess.Popen([str(ROOT / "dev"), "demo", "--duration", "60", "--interval", "5"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    seen: set[tuple[int, str]] = set()
+    top_started = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("podsnoop top  "):
+                top_started.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        # While it runs (top's tables are coming), note every process the demo started.
+        while not top_started.wait(1):
+            assert proc.poll() is None, "".join(lines)
+        seen |= descendants(proc.pid)
+        time.sleep(20)
+        seen |= descendants(proc.pid)
+        code = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    out = "".join(lines)
+    assert code == 0, out
+    assert "Traceback" not in out, out
+    assert "\x1b" not in out, "escape codes without a terminal"
+
+    # What it showed: every pod, each with its signals.
+    rows = last_table(out)
+    assert set(rows) == {f"{ns}/{name}" for ns, name, *_ in PODS}, out
+    web, cache = rows["shop/web-0"], rows["shop/cache-0"]
+    cruncher, flaky = rows["batch/cruncher-0"], rows["batch/flaky-0"]
+    for r in rows.values():
+        assert number(r["syscalls"]) > 0 and r["syscall_p99"] != "-", r
+    for r in (web, cache, flaky):
+        for k in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"):
+            assert number(r[k]) > 0, r
+    assert number(web["connects"]) > 0 and web["connect_p99"] != "-", web
+    assert number(cruncher["execs"]) > 0, cruncher
+    assert max(rows.values(), key=lambda r: number(r["syscalls"])) is cruncher, rows
+    assert number(flaky["errors"]) > 50, flaky
+    assert number(flaky["connect_failures"]) > 0, flaky
+    assert number(flaky["retransmits"]) > 0, flaky
+    assert number(flaky["drops"]) > 0 and flaky["drop_reason"] != "-", flaky
+    # The alerts of the faulty pods (pending at least: their `for:` may still be running).
+    report = out.rsplit("alerts after", 1)[1]
+    got = set(re.findall(r"^\s+(FIRING|PENDING)\s+(\w+)\s+(\w+)/([\w-]+)", report, re.M))
+    named = {(name, ns, pod) for _, name, ns, pod in got}
+    assert EXPECTED_ALERTS <= named, report
+    assert not {a for a in named if a[1] == "shop"}, report   # healthy pods stay quiet
+
+    # Nothing left behind.
+    tag = re.search(r"test pods: tag (\w+)", out).group(1)
+    exporter_pid = re.search(r"podsnoop \(pid (\d+)\)", out).group(1)
+    assert seen, "no demo processes seen"
+    alive = {(pid, start) for pid, start in seen if proc_start(pid) == start}
+    assert not alive, f"processes left: {alive}"
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert tag not in netns, netns
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    assert tag not in links, links
+    assert not Path(find_cgroup2_mount(), f"podsnoop-test-{tag}").exists(), "cgroups left"
+    for name in re.findall(r"^\d+: ([^:@]+)", links, re.M):
+        for hook in ("ingress", "egress"):
+            filters = subprocess.run(["tc", "filter", "show", "dev", name, hook],
+                                     capture_output=True, text=True).stdout
+            assert f"@{exporter_pid}" not in filters, (name, filters)
