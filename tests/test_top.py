@@ -298,3 +298,56 @@ def test_not_metrics_is_one_line_and_exit_1(stack):
     r = top_once("--url", exporter.url + "/readyz", "--interval", "0.1")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("podsnoop top: error:") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_live_view_in_an_80_column_terminal_keys_and_quit(stack):
+    """On a real pseudo-terminal of 80x24: the narrow table, '>' moves the sort column,
+    'r' reverses it, 'q' quits with exit code 0 and leaves the alternate screen."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    exporter, pods = stack
+    for pod in pods.values():   # every pod has series (execs, syscalls) even if run alone
+        pod.exec(["true"])
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "top", "--url",
+                             exporter.url + "/metrics", "--interval", "0.5"],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                            env={**env, "TERM": "xterm-256color"})
+    os.close(slave)
+    seen = ""
+
+    def read_until(needle: str, timeout: float = 30) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while needle not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{needle!r} never shown:\n{seen[-3000:]}"
+            if select.select([master], [], [], left)[0]:
+                try:
+                    seen += os.read(master, 65536).decode(errors="replace")
+                except OSError:   # the child closed the terminal
+                    break
+    try:
+        read_until("\x1b[?1049h")             # the alternate screen, like top
+        read_until("sort tx_bytes")
+        read_until("dropper")                 # a table with our pods
+        assert "RX B/s" in seen and "TX B/s" in seen
+        os.write(master, b">")
+        read_until("sort rx_packets")
+        os.write(master, b"r")
+        read_until("sort rx_packets (reversed)")
+        os.write(master, b"q")
+        assert proc.wait(timeout=20) == 0
+        read_until("\x1b[?1049l")             # back to the normal screen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert "Traceback" not in seen
