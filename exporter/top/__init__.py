@@ -201,9 +201,16 @@ def run_live(args, console: Console, footer=None, deadline: float | None = None)
         return deadline is not None and time.monotonic() >= deadline
 
     if not console.is_terminal:   # a pipe or a file: one table per interval, no escapes
+        next_at = prev.t + args.interval
         while not over():
-            time.sleep(max(0.0, prev.t + args.interval - time.monotonic()))
-            cur = scrape(args.url)
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            try:
+                cur = scrape(args.url)
+            except ScrapeError as e:   # the exporter restarting: say so, try again
+                print(f"{PROG}: {e} (retrying)", file=sys.stderr, flush=True)
+                next_at = time.monotonic() + args.interval
+                continue
+            next_at = cur.t + args.interval
             view.update(prev, cur)
             prev = cur
             console.print(view.render(live=False))

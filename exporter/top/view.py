@@ -108,7 +108,8 @@ def table(rows: list[PodRow], sort: str, reverse: bool, narrow: bool) -> Table:
         for r in rows:
             t.add_row(*(cell(r, c.key) for c in COLUMNS))
         return t
-    pod_header = Text("NAMESPACE\n") + _header("pod", sort, reverse)
+    pod_header = Text("NAMESPACE\n") + (Text("POD*", style="bold reverse") if sort == "pod"
+                                         else Text("POD"))
     t.add_column(pod_header, no_wrap=True, overflow="ellipsis", min_width=10, max_width=24)
     for top, bottom in NARROW:
         t.add_column(_header(top, sort, reverse) + Text("\n") + _header(bottom, sort, reverse),
