@@ -54,7 +54,7 @@ def last_table(out: str) -> dict[str, dict]:
     """The rows of the last table top printed."""
     blocks = out.split("podsnoop top  ")
     rows = {}
-    for line in blocks[-1].splitlines()[2:]:
+    for line in blocks[-1].splitlines()[3:]:   # after top's 2 header lines and the table's
         words = line.split()
         if not words or "/" not in words[0] or len(words) != len(COLS):
             break

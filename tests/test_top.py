@@ -159,7 +159,7 @@ def parse_table(out: str) -> tuple[float, list[dict]]:
     lines = [ln for ln in out.splitlines() if ln.strip()]
     words = lines[0].split()
     elapsed = float(words[words.index("interval") + 1])
-    rows = [dict(zip(COLS, ln.split())) for ln in lines[2:]]
+    rows = [dict(zip(COLS, ln.split())) for ln in lines[3:]]   # after 2 header lines
     assert all(len(r) == len(COLS) for r in rows), out
     return elapsed, rows
 
@@ -178,7 +178,6 @@ def measured_run(stack, *args):
     exporter, pods = stack
     relay = Relay(exporter.url)
     socks = {key: listener(pod.host_ip) for key, pod in pods.items()}
-    before = exporter.metrics()
     try:
         t0 = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "exporter", "top", "--once", "--url",
@@ -216,7 +215,6 @@ def measured_run(stack, *args):
     for (ns, name, ok, bad, _) in PODS:   # exactly the known packets between the scrapes
         uid = pods[(ns, name)].uid
         assert b.value(TX, pod_uid=uid) - a.value(TX, pod_uid=uid) == ok + bad
-    assert before is not None
     return out, expected, t2 - t0, a, b
 
 
@@ -252,7 +250,6 @@ def test_once_shows_each_pod_s_known_rates_and_sorts_them(stack):
         assert r["errors"] == percent(errs / calls), (r, errs, calls)
         assert number(r["execs"]) > 0, r    # python3 was exec'd in the pod
         assert r["syscall_p99"] != "-", r
-    assert errs >= 0
     assert number(by_name["shop/mid"]["errors"].rstrip("%")) > 0
     # Sorted by packets out, biggest first: big 300, dropper 250, mid 200, small 100.
     ours = [r["pod"] for r in rows if r["pod"] in expected]

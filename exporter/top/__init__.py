@@ -124,7 +124,7 @@ class View:
     def header(self, live: bool) -> Text:
         ns = ",".join(self.args.namespace) if self.args.namespace else "all"
         line = (f"podsnoop top  {self.args.url}  interval {self.seconds:.3f} s  "
-                f"pods {len(self.rows or [])}  namespace {ns}  sort {self.sort}"
+                f"pods {len(self.rows or [])}\nnamespace {ns}  sort {self.sort}"
                 f"{' (reversed)' if self.reverse else ''}")
         if live:
             line += "  keys: < > sort, r reverse, q quit"
