@@ -199,6 +199,8 @@ def demo_rules(path: Path) -> None:
 def demo_port() -> int:
     from exporter.exporterproc import free_port
     with socket.socket() as s:
+        # as the exporter binds (SO_REUSEADDR): a previous run's TIME_WAIT does not count
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", DEFAULT_PORT))
             return DEFAULT_PORT
@@ -253,8 +255,10 @@ class Demo:
             sh(f"ip netns exec {pod.netns} sysctl -qw net.ipv4.ping_group_range='0 2147483647'")
             self.pods[(ns, name)] = pod
         flaky = self.pods[("batch", "flaky-0")]
+        # its own session: the terminal's Ctrl-C is for the demo, which kills it in order
         host = subprocess.Popen([sys.executable, "-c", HOST, "20", flaky.pod_ip],
-                                stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                start_new_session=True)
         self.helpers.append(host)
         ports = host.stdout.readline().split()
         if len(ports) != 5:
@@ -375,7 +379,7 @@ def alert_report(demo: Demo, alerts_after: float, final: bool = False):
         return text.append(f"alerts: cannot ask Prometheus: {e}")
     text.append(f"alerts after {since:.0f} s ({len(alerts)} pending or firing):", style="bold")
     for state, name, ns, pod, container in alerts:
-        where = "/".join(x for x in (ns, pod, container) if x)
+        where = "/".join(x for x in (ns, pod, container) if x) or "(no pod: host traffic)"
         text.append(f"\n  {state.upper():<8} {name}  {where}",
                     style="bold red" if state == "firing" else "yellow")
     if not alerts:
