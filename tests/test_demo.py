@@ -50,16 +50,18 @@ def descendants(root: int) -> set[tuple[int, str]]:
     return out
 
 
-def last_table(out: str) -> dict[str, dict]:
-    """The rows of the last table top printed."""
-    blocks = out.split("podsnoop top  ")
-    rows = {}
-    for line in blocks[-1].splitlines()[3:]:   # after top's 2 header lines and the table's
-        words = line.split()
-        if not words or "/" not in words[0] or len(words) != len(COLS):
-            break
-        rows[words[0]] = dict(zip(COLS, words))
-    return rows
+def tables(out: str) -> list[dict[str, dict]]:
+    """Every table top printed: pod -> {column key: cell}."""
+    found = []
+    for block in out.split("podsnoop top  ")[1:]:
+        rows = {}
+        for line in block.splitlines()[3:]:   # after top's 2 header lines and the table's
+            words = line.split()
+            if not words or "/" not in words[0] or len(words) != len(COLS):
+                break
+            rows[words[0]] = dict(zip(COLS, words))
+        found.append(rows)
+    return found
 
 
 def number(cell: str) -> float:
@@ -102,23 +104,32 @@ def test_demo_runs_unattended_and_leaves_nothing_behind(kernel):
     assert "Traceback" not in out, out
     assert "\x1b" not in out, "escape codes without a terminal"
 
-    # What it showed: every pod, each with its signals.
-    rows = last_table(out)
-    assert set(rows) == {f"{ns}/{name}" for ns, name, *_ in PODS}, out
-    web, cache = rows["shop/web-0"], rows["shop/cache-0"]
-    cruncher, flaky = rows["batch/cruncher-0"], rows["batch/flaky-0"]
-    for r in rows.values():
-        assert number(r["syscalls"]) > 0 and r["syscall_p99"] != "-", r
-    for r in (web, cache, flaky):
+    # What it showed: every pod, each with its signals. A signal is checked in any of the
+    # run's tables (about 11, one per 5 s), not in one interval, which a loaded machine or
+    # TCP's retransmission backoff could leave empty.
+    shown = tables(out)
+    pods = {f"{ns}/{name}" for ns, name, *_ in PODS}
+    assert len(shown) >= 5 and all(set(t) == pods for t in shown), out
+
+    def seen_in_a_table(pod: str, check) -> bool:
+        return any(check(t[pod]) for t in shown)
+
+    for pod in pods:
+        assert seen_in_a_table(pod, lambda r: number(r["syscalls"]) > 0
+                               and r["syscall_p99"] != "-"), pod
+    for pod in ("shop/web-0", "shop/cache-0", "batch/flaky-0"):
         for k in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"):
-            assert number(r[k]) > 0, r
-    assert number(web["connects"]) > 0 and web["connect_p99"] != "-", web
-    assert number(cruncher["execs"]) > 0, cruncher
-    assert max(rows.values(), key=lambda r: number(r["syscalls"])) is cruncher, rows
-    assert number(flaky["errors"]) > 50, flaky
-    assert number(flaky["connect_failures"]) > 0, flaky
-    assert number(flaky["retransmits"]) > 0, flaky
-    assert number(flaky["drops"]) > 0 and flaky["drop_reason"] != "-", flaky
+            assert seen_in_a_table(pod, lambda r: number(r[k]) > 0), (pod, k)
+    assert seen_in_a_table("shop/web-0", lambda r: number(r["connects"]) > 0
+                           and r["connect_p99"] != "-")
+    assert seen_in_a_table("batch/cruncher-0", lambda r: number(r["execs"]) > 0)
+    assert any(max(t.values(), key=lambda r: number(r["syscalls"])) is t["batch/cruncher-0"]
+               for t in shown), "the syscall-heavy pod never had the most syscalls"
+    assert seen_in_a_table("batch/flaky-0", lambda r: number(r["errors"]) > 50)
+    assert seen_in_a_table("batch/flaky-0", lambda r: number(r["connect_failures"]) > 0)
+    assert seen_in_a_table("batch/flaky-0", lambda r: number(r["retransmits"]) > 0)
+    assert seen_in_a_table("batch/flaky-0", lambda r: number(r["drops"]) > 0
+                           and r["drop_reason"] != "-")
     # The alerts of the faulty pods (pending at least: their `for:` may still be running).
     report = out.rsplit("alerts after", 1)[1]
     got = set(re.findall(r"^\s+(FIRING|PENDING)\s+(\w+)\s+(\w+)/([\w-]+)", report, re.M))
