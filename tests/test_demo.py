@@ -4,7 +4,9 @@ pods, stop by itself, and leave nothing behind: no test pod netns, veth or cgrou
 filter of its exporter, no process it started."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -137,7 +139,10 @@ def test_demo_runs_unattended_and_leaves_nothing_behind(kernel):
     assert EXPECTED_ALERTS <= named, report
     assert not {a for a in named if a[1] == "shop"}, report   # healthy pods stay quiet
 
-    # Nothing left behind.
+    assert_nothing_left(out, seen)
+
+
+def assert_nothing_left(out: str, seen: set[tuple[int, str]]) -> None:
     tag = re.search(r"test pods: tag (\w+)", out).group(1)
     exporter_pid = re.search(r"podsnoop \(pid (\d+)\)", out).group(1)
     assert seen, "no demo processes seen"
@@ -153,3 +158,37 @@ def test_demo_runs_unattended_and_leaves_nothing_behind(kernel):
             filters = subprocess.run(["tc", "filter", "show", "dev", name, hook],
                                      capture_output=True, text=True).stdout
             assert f"@{exporter_pid}" not in filters, (name, filters)
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_removes_everything(kernel):
+    """Ctrl-C as a terminal sends it: SIGINT to the demo's whole process group."""
+    proc = subprocess.Popen([str(ROOT / "dev"), "demo", "--interval", "2"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    first_table = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("podsnoop top  "):
+                first_table.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        while not first_table.wait(1):
+            assert proc.poll() is None, "".join(lines)
+        seen = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    out = "".join(lines)
+    assert code == 0, out
+    assert "Traceback" not in out, out
+    assert "demo stopped" in out, out
+    assert_nothing_left(out, seen)
