@@ -10,6 +10,10 @@ from .errors import PodsnoopError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["top"]:  # `podsnoop top ...`: the live per-pod view (exporter/top/)
+        from .top import main as top_main
+        return top_main(argv[1:])
     cfg = config.parse(argv)
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -253,7 +253,8 @@ def parser() -> argparse.ArgumentParser:
         prog="podsnoop",
         description="eBPF Prometheus exporter: per-pod network and per-container syscall "
                     "statistics. Every flag can also be set by the environment variable "
-                    "shown; the flag wins.")
+                    "shown; the flag wins.",
+        epilog="podsnoop top [--help]: a live per-pod view of a podsnoop's /metrics.")
     for flag, env, default, kind, text, extra in FLAGS:
         value = EnvValue(os.environ[env], env) if env in os.environ else default
         p.add_argument(flag, default=value, type=_naming_env(kind),

@@ -59,5 +59,5 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
   touch "$stamp"
 fi
-"$venv/bin/python" -c 'import bcc, pyroute2, prometheus_client, aiohttp, kubernetes' \
+"$venv/bin/python" -c 'import bcc, pyroute2, prometheus_client, aiohttp, kubernetes, rich' \
   || { say "venv is broken; remove $venv and re-run"; exit 1; }

@@ -85,5 +85,9 @@ def test_installed_wheel_counts_a_pod_exactly_from_another_directory(
         exported, kernel, _, _ = deltas(before, snapshot(exporter, pod))
         assert exported == kernel and kernel["transmit_packets"] >= 5, (exported, kernel)
         assert set(exported) == set(NET_METRICS)
+        # `podsnoop top` from the wheel (its rich dependency installed with it) sees the pod
+        top = _run(str(installed / "bin" / "podsnoop"), "top", "--once", "--interval", "0.2",
+                   "--url", exporter.url, cwd=str(tmp_path), env=env)
+        assert pod.uid in top.stdout, top.stdout
     assert exporter.proc.returncode == 0, exporter.output()
     assert "Traceback" not in exporter.output()
