@@ -11,19 +11,23 @@ attaches to all of them and nothing else), alternating two configurations:
 
   no limits        the manifest without its resources.limits, so the peak is not cut by them:
                    what the limits must cover;
-  manifest limits  the manifest as it is (memory limit, CPU quota): what a node sees.
+  manifest limits  the manifest as it is (memory limit, CPU quota): what a node sees;
+  cold, ...        the same after the image's files were dropped from the page cache
+                   (POSIX_FADV_DONTNEED on each): a node's first start, where the pages of
+                   libLLVM, libclang and Python the container reads are charged to it.
 
 For each start: seconds from `runc run` to the first 200 from /readyz (polled every 20 ms);
 the cgroup's peak usage (memory.max_usage_in_bytes on cgroup v1, memory.peak on v2; page
 cache included) read at ready; the highest anonymous memory (memory.stat rss, v1 / anon, v2)
 sampled at each poll; the limit's failcnt (times the limit was hit: page cache reclaimed);
 then SIGTERM: exit code 0 and no podsnoop filter left. The page cache of the image's files
-(libLLVM, Python) is charged to the first container that reads them: on a machine where
-they are already cached the peak is lower than on a fresh node.
+is charged to the first container that reads them: warm starts show less than a node's
+first start (the "cold" configurations).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -58,7 +62,33 @@ def anon_bytes(c: podrunc.ManifestContainer) -> int:
     return st.get("rss", st.get("anon", 0))
 
 
-def one_start(image: str, factory, limits: bool, timeout: float) -> dict:
+def evict_image_cache(image: str) -> None:
+    """Drop the image's files from the page cache (POSIX_FADV_DONTNEED on each, through a
+    buildah mount: overlayfs passes it to the layer files), as on a node that has never run
+    it; the rest of the machine's cache is left alone."""
+    ctr = subprocess.run(["buildah", "from", "--pull=never", image], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    try:
+        mnt = subprocess.run(["buildah", "mount", ctr], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        for path in Path(mnt).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+    finally:
+        subprocess.run(["buildah", "umount", ctr], capture_output=True)
+        subprocess.run(["buildah", "rm", ctr], capture_output=True)
+
+
+def one_start(image: str, factory, limits: bool, timeout: float, cold: bool = False) -> dict:
+    if cold:
+        evict_image_cache(image)
     c = podrunc.ManifestContainer(
         image, MANIFEST, apply_resources=limits,
         extra_args=["--kube", "off", "--interfaces", rf"{factory.tag}h\d+",
@@ -107,13 +137,14 @@ def main() -> int:
     print(f"image {image}: {size / 1e6:.0f} MB", flush=True)
 
     factory = BatchPodFactory(prefix="bim")
-    configs = {"no limits": False, "manifest limits": True}
+    configs = {"no limits": (False, False), "cold, no limits": (False, True),
+               "manifest limits": (True, False), "cold, limits": (True, True)}
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     try:
         pods = factory.create_many(args.pods)
         for rep in range(args.reps):
-            for name, limits in configs.items():
-                r = one_start(image, factory, limits, args.timeout)
+            for name, (limits, cold) in configs.items():
+                r = one_start(image, factory, limits, args.timeout, cold)
                 runs[name].append(r)
                 print(f"rep {rep + 1}/{args.reps} {name:15}: ready {r['ready_s']:.2f} s, "
                       f"peak {r['peak_mib']:.0f} MiB, anon peak {r['anon_peak_mib']:.0f} MiB, "

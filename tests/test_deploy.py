@@ -173,9 +173,13 @@ def test_daemonset_port_and_probes():
 
 def test_daemonset_image_and_resources():
     assert CTR["image"] == "podsnoop"
-    assert CTR["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"},
-                                "limits": {"cpu": "500m", "memory": "256Mi"}}
-    assert "issue 6" in (DEPLOY / "daemonset.yaml").read_text()
+    assert CTR["resources"] == {"requests": {"cpu": "50m", "memory": "192Mi"},
+                                "limits": {"cpu": "500m", "memory": "512Mi"}}
+    # the figures come from a benchmark, named beside them
+    text = (DEPLOY / "daemonset.yaml").read_text()
+    assert "bench/image.py" in text and "Placeholder" not in text
+    assert (ROOT / "bench" / "image.py").is_file()
+    assert "<!-- bench:image -->" in (ROOT / "bench" / "RESULTS.md").read_text()
     kust = load(DEPLOY / "kustomization.yaml")[0]
     assert kust["images"] == [{"name": "podsnoop", "newName": "podsnoop", "newTag": VERSION}]
 
