@@ -71,9 +71,15 @@ buildah bud --quiet --isolation chroot --network host --pull=never --layers \
   "${build_args[@]}" \
   --label io.podsnoop.inputs="$inputs_hash" \
   -f deploy/Dockerfile -t "$image" . >&2
-# Old src-* tags of this build (not other images) are dropped, so images do not pile up.
+# Older builds of this script do not pile up: their src-* tags, and the untagged
+# intermediate images (layer cache) that carry another inputs label than this build's. Only
+# images with podsnoop's label are touched; one still in use is left (rmi refuses).
 for old in $(podman images --format '{{.Repository}}:{{.Tag}}' --filter reference='localhost/podsnoop:src-*'); do
   [ "$old" = "$image" ] || podman rmi "$old" >/dev/null 2>&1 || true
+done
+for id in $(podman images -a -q --filter dangling=true --filter label=io.podsnoop.inputs); do
+  label=$(podman image inspect --format '{{index .Labels "io.podsnoop.inputs"}}' "$id" 2>/dev/null || true)
+  [ "$label" = "$inputs_hash" ] || podman rmi "$id" >/dev/null 2>&1 || true
 done
 say "built $image ($(podman image inspect --format '{{.Size}}' "$image") bytes)"
 echo "$image"
