@@ -18,7 +18,8 @@ Used by tests/test_image.py and bench/image_startup.py. MACHINE-ONLY parts (quir
 development machines, see shared/containers-on-this-machine.md) are marked so: they are
 here, never in the image or the manifests.
 
-    python scripts/podrunc.py IMAGE [--component deploy/privileged] -- EXTRA ARGS...
+    python scripts/podrunc.py IMAGE [--component deploy/privileged] [-- EXTRA ARGS...]
+(prints the generated config.json; the image's rootfs path is left as ROOTFS)
 """
 from __future__ import annotations
 
@@ -413,8 +414,10 @@ def main() -> int:
     ap.add_argument("image")
     ap.add_argument("--manifest", default=str(ROOT / "deploy" / "daemonset.yaml"))
     ap.add_argument("--component", action="append", default=[])
-    ap.add_argument("extra", nargs="*")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.extra = extra
     wl = load_workload(Path(args.manifest), tuple(Path(c) for c in args.component))
     with tempfile.TemporaryDirectory() as scratch:
         cfg = runc_config(wl, image_config(args.image), "ROOTFS", Path(scratch),
