@@ -45,10 +45,17 @@ def _effective_caps() -> int:
 
 def check_privileges() -> None:
     caps = _effective_caps()
-    if os.geteuid() != 0 and not (caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1):
+    if caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1:
+        return
+    if os.geteuid() != 0:
         raise PodsnoopError(
             "podsnoop needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load eBPF programs",
             "run it as root, e.g. sudo podsnoop, or grant those capabilities")
+    # root in a container whose capability list leaves out BPF (and SYS_ADMIN)
+    raise PodsnoopError(
+        "podsnoop runs as root but without CAP_BPF (or CAP_SYS_ADMIN): it cannot load eBPF programs",
+        "add the BPF, PERFMON and NET_ADMIN capabilities to the container's securityContext "
+        "(as deploy/daemonset.yaml does), or use deploy/privileged")
 
 
 def import_bcc():
@@ -72,6 +79,14 @@ def check_kernel_headers() -> None:
     override = os.environ.get("BCC_KERNEL_SOURCE")  # bcc's own way to point elsewhere
     if (build / "include").is_dir() or Path("/sys/kernel/kheaders.tar.xz").exists() or (
             override and Path(override, "include").is_dir()):
+        return
+    # The image's own headers (deploy/Dockerfile sets the variable), used only where the
+    # node has none: its own headers, or the kernel's kheaders, match it exactly.
+    bundled = os.environ.get("PODSNOOP_BUNDLED_KERNEL_HEADERS")
+    if not override and bundled and Path(bundled, "include").is_dir():
+        os.environ["BCC_KERNEL_SOURCE"] = bundled  # read by libbcc at each compile
+        log.warning("kernel headers for %s not found at %s: using the headers bundled in "
+                    "the image at %s", release, build, bundled)
         return
     raise PodsnoopError(
         f"kernel headers for {release} not found at {build} (bcc compiles the BPF programs "

@@ -9,7 +9,10 @@ say() { echo "setup: $*" >&2; }
 if [ "$(id -u)" != 0 ]; then say "must run as root (eBPF, netns, cgroups)"; exit 1; fi
 
 apt_pkgs=(python3-bpfcc bpfcc-tools linux-headers-cloud-amd64 iproute2 iputils-ping iperf3
-          prometheus python3-venv procps)
+          prometheus python3-venv procps
+          # the image (./dev image, tests/test_image.py): build with buildah, run with runc,
+          # a local debian:12-slim made with mmdebstrap (gpgv checks the mirror's release)
+          buildah podman runc mmdebstrap gpgv uidmap)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
