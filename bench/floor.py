@@ -1,0 +1,175 @@
+"""The floor: what podsnoop's programs cost over EMPTY programs on the same hooks.
+
+Any tool pays for the hook itself (a raw tracepoint pair on every syscall of the node, a TC
+program run per packet per hook); podsnoop's own cost is what it adds on top. Alternated rep
+by rep in one run:
+
+- syscall path: a getppid loop (bench/syscall_loop.c) in a test pod's container (a tracked
+  task) and on the host (an untracked task), ns per call, under: nothing attached / the
+  floor (empty sys_enter + sys_exit raw tracepoints, bpf/testing/floor.c) / podsnoop
+  (default collectors, --bpf-stats off) / podsnoop with --bpf-stats on (the kernel then
+  times every program run, which is itself a cost);
+- packet path: UDP packets out of and into a test pod; ns per program run from the kernel's
+  run-time statistics (BPF_ENABLE_STATS, held by this script), for the floor (an empty
+  program as a tcx link at the head of both hooks) and podsnoop's two programs.
+
+    .venv/bin/python bench/floor.py [--reps 5] [--calls 2000000] [--packets 100000] [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+
+from common import graceful, header, summary, table, write_section
+from syscall_path import Nothing, build_loop, ns_per_call
+
+from exporter import bpfload, names, tcx
+from exporter.bpfstats import RunTimeStats, run_stats
+from exporter.exporterproc import ExporterProcess
+from exporter.testpods import PodFactory
+
+HOOKS = ("ingress", "egress")
+
+
+class Floor:
+    """Empty programs on podsnoop's syscall hooks (bcc attaches them on load)."""
+
+    def __init__(self, factory):
+        pass
+
+    def __enter__(self):
+        self.bpf = bpfload.compile_program("testing/floor", [])
+        return self
+
+    def __exit__(self, *exc):
+        self.bpf.cleanup()
+
+
+class Podsnoop:
+    def __init__(self, factory, *extra: str, interfaces: str = "none"):
+        self.exporter = ExporterProcess("--kube", "off", "--interfaces", interfaces,
+                                        "--kubepods-root", str(factory.kubepods),
+                                        "--log-level", "warning", *extra)
+
+    def __enter__(self):
+        self.exporter.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.exporter.stop()
+
+
+def udp_blast(pod, packets: int) -> None:
+    """`packets` datagrams out of the pod, and as many into it."""
+    send = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for _ in range(int(sys.argv[2])): s.sendto(b'x' * 64, (sys.argv[1], 9))")
+    pod.exec(["python3", "-c", send, pod.host_ip, str(packets)])
+    subprocess.run(["python3", "-c", send, pod.pod_ip, str(packets)], check=True)
+
+
+def floor_tc(pod, packets: int) -> dict[str, float]:
+    """ns per run of an empty program at the head of each hook."""
+    bpf = bpfload.compile_program("testing/floor", [])
+    fd = bpf.load_func("floor_tc", bpf.SCHED_CLS).fd
+    links = [tcx.attach_tcx(fd, pod.host_ifindex(), hook, head=True) for hook in HOOKS]
+    try:
+        ns0, n0 = run_stats(fd)
+        udp_blast(pod, packets)
+        ns1, n1 = run_stats(fd)
+    finally:
+        for link in links:
+            os.close(link)
+        bpf.cleanup()
+    per_run = (ns1 - ns0) / max(n1 - n0, 1)
+    return {hook: per_run for hook in HOOKS}  # one program on both hooks
+
+
+def podsnoop_tc(factory, pod, packets: int) -> dict[str, float]:
+    with Podsnoop(factory, "--syscalls", "off", "--exec", "off", "--tcp", "off",
+                  "--drops", "off", interfaces=pod.host_if) as p:
+        time.sleep(0.5)
+        runs, secs = names.BPF_PROGRAM_RUNS + "_total", names.BPF_PROGRAM_RUN_SECONDS + "_total"
+        m0 = p.exporter.metrics()
+        udp_blast(pod, packets)
+        m1 = p.exporter.metrics()
+    out = {}
+    for hook in HOOKS:
+        prog = f"net/podsnoop_tc_{hook}"
+        ns = (m1.value(secs, program=prog) - m0.value(secs, program=prog)) * 1e9
+        n = m1.value(runs, program=prog) - m0.value(runs, program=prog)
+        out[hook] = ns / max(n, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=2_000_000)
+    ap.add_argument("--packets", type=int, default=100_000)
+    ap.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
+    args = ap.parse_args()
+    graceful()
+    loop = build_loop()
+    configs = {"nothing attached": lambda f: Nothing(), "floor (empty programs)": Floor,
+               "podsnoop": lambda f: Podsnoop(f, "--bpf-stats", "off"),
+               "podsnoop --bpf-stats on": lambda f: Podsnoop(f, "--bpf-stats", "on")}
+    sys_results = {(c, w): [] for c in configs for w in ("pod", "host")}
+    tc_results = {(c, h): [] for c in ("floor", "podsnoop") for h in HOOKS}
+    with PodFactory(prefix="bf") as factory:
+        pod = factory.create()
+        pod.exec(["ping", "-c", "1", "-W", "2", pod.host_ip])
+        for rep in range(args.reps):
+            for name, make in configs.items():
+                with make(factory):
+                    time.sleep(0.5)
+                    sys_results[(name, "pod")].append(
+                        float(pod.exec([loop, str(args.calls)]).stdout))
+                    sys_results[(name, "host")].append(ns_per_call([loop, str(args.calls)]))
+            stats = RunTimeStats()
+            stats.enable()
+            try:
+                for hook, ns in floor_tc(pod, args.packets).items():
+                    tc_results[("floor", hook)].append(ns)
+            finally:
+                stats.close()
+            for hook, ns in podsnoop_tc(factory, pod, args.packets).items():
+                tc_results[("podsnoop", hook)].append(ns)
+            print(f"rep {rep + 1}/{args.reps} done", flush=True)
+    base = {w: summary(sys_results[("nothing attached", w)])[0] for w in ("pod", "host")}
+    floor = {w: summary(sys_results[("floor (empty programs)", w)])[0] for w in ("pod", "host")}
+    rows = []
+    for name in configs:
+        row = [name]
+        for where in ("pod", "host"):
+            med, lo, hi = summary(sys_results[(name, where)])
+            row += [f"{med:.1f} ({lo:.1f}-{hi:.1f})", f"{med - base[where]:+.1f}",
+                    f"{med - floor[where]:+.1f}"]
+        rows.append(row)
+    sys_text = table(["configuration", "tracked pod task: ns/call (min-max)", "over nothing",
+                      "over the floor", "untracked host task: ns/call", "over nothing",
+                      "over the floor"], rows)
+    tc_rows = []
+    for hook in HOOKS:
+        f_med, f_lo, f_hi = summary(tc_results[("floor", hook)])
+        p_med, p_lo, p_hi = summary(tc_results[("podsnoop", hook)])
+        tc_rows.append([hook, f"{f_med:.1f} ({f_lo:.1f}-{f_hi:.1f})",
+                        f"{p_med:.1f} ({p_lo:.1f}-{p_hi:.1f})", f"{p_med - f_med:+.1f}",
+                        f"{p_med / f_med:.2f}x"])
+    tc_text = table(["hook (host veth)", "floor: ns/run (min-max)", "podsnoop: ns/run",
+                     "over the floor", "ratio"], tc_rows)
+    print(sys_text)
+    print(tc_text)
+    if args.write:
+        write_section("floor", header("The floor: podsnoop over empty programs on the same "
+                                      "hooks") + "\n" +
+                      f"{args.reps} reps, configurations alternated per rep; syscall path "
+                      f"{args.calls} getppid calls per measurement, packet path "
+                      f"{args.packets} UDP datagrams each way per measurement (ns per program "
+                      "run from the kernel's run-time statistics).\n\n" + sys_text + "\n\n" +
+                      tc_text + "\n")
+
+
+if __name__ == "__main__":
+    main()
