@@ -27,8 +27,8 @@ BPF_PERCPU_ARRAY(exec_update_failures, u64, 2);
 static __always_inline int tracked(void)
 {
 #if FILTER_PODS
-    u64 root = kubepods_root_id();
-    return kubepods_roots.lookup(&root) != NULL;
+    u32 zero = 0;
+    return in_kubepods_root(kubepods_roots.lookup(&zero), kubepods_root_id());
 #else
     return 1;
 #endif

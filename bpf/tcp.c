@@ -64,8 +64,8 @@ BPF_PERCPU_ARRAY(tcp_update_failures, u64, 3);
 static __always_inline int tracked(void)
 {
 #if FILTER_PODS
-    u64 root = kubepods_root_id();
-    return kubepods_roots.lookup(&root) != NULL;
+    u32 zero = 0;
+    return in_kubepods_root(kubepods_roots.lookup(&zero), kubepods_root_id());
 #else
     return 1;
 #endif
@@ -74,8 +74,9 @@ static __always_inline int tracked(void)
 static __always_inline int sk_tracked(const void *sk)
 {
 #if FILTER_PODS
-    u64 root = sk_ancestor_cgroup_id(sk, KUBEPODS_LEVEL);
-    return root && kubepods_roots.lookup(&root) != NULL;
+    u32 zero = 0;
+    return in_kubepods_root(kubepods_roots.lookup(&zero),
+                            sk_ancestor_cgroup_id(sk, KUBEPODS_LEVEL));
 #else
     return 1;
 #endif

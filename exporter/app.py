@@ -28,7 +28,7 @@ from .collectors.scrape import ScrapeCollector
 from .collectors.syscalls import SyscallCollector
 from .collectors.tcp import TcpCollector
 from .collectors.tcp import load_programs as load_tcp_programs
-from .kuberoots import OwnPod, RootSync, choose_level
+from .kuberoots import OwnPod, RootSync, choose_level, filter_defines
 from .config import Config
 from .errors import PodsnoopError
 from .labels import PodLabeler
@@ -89,10 +89,12 @@ HOUSEKEEPING_SECONDS = 10.0
 def load_syscall_programs(cfg: Config, resolver):
     """Compile and attach (bcc attaches RAW_TRACEPOINT_PROBEs on load) the syscall programs."""
     level = choose_level(resolver)
+    # Counts only: no entry program, the number comes from the saved registers at exit.
+    nr_offsets = {} if cfg.syscall_latency else btf.syscall_nr_offsets()
     bpf = bpfload.compile_program("syscalls", bpfload.defines(
-        FILTER_PODS=int(cfg.syscall_scope == "pods"), KUBEPODS_LEVEL=level, LATENCY=1,
+        **filter_defines(level, cfg.syscall_scope == "pods"), LATENCY=int(cfg.syscall_latency),
         SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES,
-        **btf.syscall_nr_offsets())
+        **nr_offsets)
         + [f"-I{bpfload.BPF_DIR}"])  # bpf/podfilter.h
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
 

@@ -14,6 +14,15 @@ import os
 log = logging.getLogger(__name__)
 
 DEFAULT_LEVEL = 1  # /kubepods.slice or /kubepods directly under the cgroup v2 root
+# Root ids the programs compare against (bpf/podfilter.h): a node has one or two kubepods
+# roots, a sidecar one pod cgroup.
+MAX_ROOTS = 4
+
+
+def filter_defines(level: int, filter_pods: bool = True) -> dict[str, int]:
+    """The -D values bpf/podfilter.h needs."""
+    return dict(FILTER_PODS=int(filter_pods), KUBEPODS_LEVEL=level,
+                MAX_KUBEPODS_ROOTS=MAX_ROOTS)
 
 
 def level_of(path: str, mount: str) -> int:
@@ -34,7 +43,7 @@ class RootSync:
 
     def sync(self) -> int:
         """Make the map hold exactly the ids of the roots at our level; returns how many."""
-        wanted = set()
+        wanted = []
         for root in self.resolver.kubepods_roots:
             if level_of(root, self.resolver.root) != self.level:
                 if root not in self._warned:
@@ -43,17 +52,25 @@ class RootSync:
                                 "not counted until podsnoop restarts", root, self.level)
                 continue
             try:
-                wanted.add(os.stat(root).st_ino)
+                ino = os.stat(root).st_ino
             except OSError:
                 continue
-        present = {k.value for k in self.table.keys()}
-        for ino in wanted - present:
-            self.table[ctypes.c_ulonglong(ino)] = ctypes.c_ubyte(1)
-        for ino in present - wanted:
-            try:
-                del self.table[ctypes.c_ulonglong(ino)]
-            except KeyError:
-                pass
+            if ino in wanted:
+                continue
+            if len(wanted) == MAX_ROOTS:
+                if root not in self._warned:
+                    self._warned.add(root)
+                    log.warning("more than %d kubepods roots: %s is not counted",
+                                MAX_ROOTS, root)
+                continue
+            wanted.append(ino)
+        zero = ctypes.c_int(0)
+        current = list(self.table[zero].ids)
+        new = sorted(wanted) + [0] * (MAX_ROOTS - len(wanted))
+        if current != new:
+            leaf = self.table.Leaf()
+            leaf.ids[:] = new
+            self.table[zero] = leaf
         return len(wanted)
 
 

@@ -160,3 +160,22 @@ def test_syscalls_off_loads_no_tracepoint_programs(pods):
         assert not m.series(names.SCRAPE_COLLECTOR_SUCCESS, collector="syscalls")
     finally:
         assert proc.stop() == 0
+
+
+def test_counts_only_mode_has_no_entry_program_and_counts_exactly(pods):
+    """--syscall-latency off: sys_exit alone, the syscall number from the saved registers."""
+    pod = pods.create(containers=("app",))
+    proc = run_exporter(pods, "--syscall-latency", "off")
+    try:
+        app = pod.containers["app"]
+        pod.exec(["python3", "-c", GETSID, "1500"], container="app")
+        pod.exec(["python3", "-c", RMDIR, "4000"], container="app")  # in the top N
+        m = proc.metrics()
+        assert m.value(CALLS, container_id=app.id, syscall="getsid") == 1500
+        assert m.value(ERRORS, container_id=app.id, syscall="rmdir") == 4000
+        assert not m.samples.get(HIST_COUNT)
+        programs = {lab["program"] for lab in m.series(names.BPF_PROGRAM_RUNS + "_total")
+                    if lab["program"].startswith("syscalls/")}
+        assert programs == {"syscalls/raw_tracepoint__sys_exit"}, programs
+    finally:
+        assert proc.stop() == 0, proc.output()

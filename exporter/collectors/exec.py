@@ -23,7 +23,7 @@ from collections import defaultdict, deque
 from prometheus_client.core import CounterMetricFamily
 
 from .. import bpfload, btf, names
-from ..kuberoots import RootSync, choose_level
+from ..kuberoots import RootSync, choose_level, filter_defines
 from .bpfmaps import c_string
 from .cgroupdeltas import (UNRESOLVED, CgroupDeltas, container_labels, map_families,
                            percpu_slot)
@@ -46,7 +46,7 @@ def load_programs(cfg, resolver):
                      TASK_REAL_PARENT_OFF=b.offset("task_struct", "real_parent"),
                      TASK_TGID_OFF=b.offset("task_struct", "tgid"))
     bpf = bpfload.compile_program("exec", bpfload.defines(
-        FILTER_PODS=1, KUBEPODS_LEVEL=level, EXEC_MAX_ENTRIES=cfg.exec_map_entries,
+        **filter_defines(level), EXEC_MAX_ENTRIES=cfg.exec_map_entries,
         EXEC_EVENTS=int(cfg.exec_log > 0), **extra) + [f"-I{bpfload.BPF_DIR}"])
     return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
 

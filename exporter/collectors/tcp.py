@@ -19,7 +19,7 @@ import time
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from .. import bpfload, btf, names
-from ..kuberoots import RootSync, choose_level
+from ..kuberoots import RootSync, choose_level, filter_defines
 from .bpfmaps import read_summed
 from .cgroupdeltas import CgroupDeltas, map_families, percpu_slot
 
@@ -45,7 +45,7 @@ def load_programs(cfg, resolver):
     """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the TCP programs."""
     level = choose_level(resolver)
     bpf = bpfload.compile_program("tcp", bpfload.defines(
-        FILTER_PODS=1, KUBEPODS_LEVEL=level, TCP_MAX_ENTRIES=cfg.tcp_map_entries,
+        **filter_defines(level), TCP_MAX_ENTRIES=cfg.tcp_map_entries,
         TCP_COUNTER_ENTRIES=COUNTER_ENTRIES_PER_MAP, **btf.socket_offsets(),
         **btf.tcp_skb_offsets(),
         RETRANSMIT_HAS_ERR=int("err" in bpfload.tracepoint_fields("tcp", "tcp_retransmit_skb")),
