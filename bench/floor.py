@@ -119,7 +119,7 @@ def main() -> None:
     tc_results = {(c, h): [] for c in ("floor", "podsnoop") for h in HOOKS}
     with PodFactory(prefix="bf") as factory:
         pod = factory.create()
-        pod.exec(["ping", "-c", "1", "-W", "2", pod.host_ip])
+        pod.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", pod.host_ip], check=False)
         for rep in range(args.reps):
             for name, make in configs.items():
                 with make(factory):

@@ -100,6 +100,35 @@ static __always_inline u8 classify(struct __sk_buff *skb)
     return PROTO_OTHER;
 }
 
+// The common case without a helper call: an untagged IPv4 packet, or IPv6 whose next
+// header is already TCP, UDP or ICMPv6, with those headers in the skb's linear data (direct
+// packet access). Returns 255 where it cannot tell, and classify() then does the full walk.
+#define PROTO_UNKNOWN 255
+static __always_inline u8 classify_linear(struct __sk_buff *skb)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    u8 *p = data;
+
+    if (data + ETH_HLEN_ + IPV6_HLEN_ > end) {
+        // Too short for the IPv6 test below; an IPv4 header may still fit.
+        if (data + ETH_HLEN_ + 10 > end)
+            return PROTO_UNKNOWN;
+        if (*(u16 *)(p + 12) == bpf_htons(ETH_P_IP))
+            return classify_l4(p[ETH_HLEN_ + 9], 0);
+        return PROTO_UNKNOWN;
+    }
+    u16 eth_proto = *(u16 *)(p + 12);
+    if (eth_proto == bpf_htons(ETH_P_IP))
+        return classify_l4(p[ETH_HLEN_ + 9], 0);
+    if (eth_proto == bpf_htons(ETH_P_IPV6)) {
+        u8 next = p[ETH_HLEN_ + 6];
+        if (next == IPPROTO_TCP || next == IPPROTO_UDP || next == IPPROTO_ICMPV6)
+            return classify_l4(next, 1);
+    }
+    return PROTO_UNKNOWN;
+}
+
 static __always_inline int count(struct __sk_buff *skb, u8 dir)
 {
     struct net_key key = {};
@@ -108,7 +137,9 @@ static __always_inline int count(struct __sk_buff *skb, u8 dir)
 
     key.ifindex = skb->ifindex;
     key.dir = dir;
-    key.proto = classify(skb);
+    key.proto = classify_linear(skb);
+    if (key.proto == PROTO_UNKNOWN)
+        key.proto = classify(skb);
     value = net_counters.lookup_or_try_init(&key, &zero);
     if (value) {
         value->packets += 1;
