@@ -30,7 +30,8 @@ from exporter.testapiserver import KubeApiServer
 from prometheus_server import PrometheusServer
 from test_syscalls import GETSID
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "sidecar"
+CHECKOUT = Path(__file__).resolve().parent.parent
+DEPLOY = CHECKOUT / "deploy" / "sidecar"
 NAMESPACE, NODE = "shop", "node-7"
 APP_LABEL = "app.kubernetes.io/name"
 
@@ -62,12 +63,11 @@ def container_env(ctr, pod) -> dict[str, str]:
     return env
 
 
-def launcher(spec, ctr, pod, scratch: Path) -> list[str]:
+def launcher(spec, ctr, pod, stash: Path) -> list[str]:
     """argv that starts the manifest's container command in `pod` (see the module doc)."""
     container = pod.containers["podsnoop"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    stash, setup = scratch / "stash", []
-    stash.mkdir()
+    setup = []
     # hostPath volumes are bound before the pod's sysfs hides the host's /sys submounts.
     outer = [f"echo $$ > {shlex.quote(str(container.cgroup))}/cgroup.procs",
              "mount --make-rprivate /"]
@@ -91,6 +91,13 @@ def launcher(spec, ctr, pod, scratch: Path) -> list[str]:
             setup.append(f"mkdir -p {target}; mount --bind {src} {target}")
         if m.get("readOnly"):
             setup.append(f"mount -o remount,bind,ro {target}")
+    # The exporter's own files, as an image would hold them: this checkout (the editable
+    # venv points into it), put back where a volume (the /tmp emptyDir) may hide it.
+    src = stash / "checkout"
+    src.mkdir()
+    outer.append(f"mount --bind {shlex.quote(str(CHECKOUT))} {src}")
+    setup.append(f"mkdir -p {shlex.quote(str(CHECKOUT))}; "
+                 f"mount --bind {src} {shlex.quote(str(CHECKOUT))}")
     sc = ctr["securityContext"]
     assert sc["capabilities"]["drop"] == ["ALL"] and not sc.get("privileged")
     caps = ",".join(f"+{c.lower()}" for c in sc["capabilities"]["add"])
@@ -120,12 +127,15 @@ sys.stdout.write(f"{status}\\n{body.decode()}")
 
 
 class Sidecar(ExporterProcess):
-    def __init__(self, pod, scratch: Path, *extra_args: str, components: tuple = ()):
+    def __init__(self, pod, *extra_args: str, components: tuple = ()):
         super().__init__()
         spec, ctr = manifest(*components)
         self.args = []  # the manifest's args, in the launcher
         ctr["args"] = [*ctr["args"], *extra_args]
-        self.command = launcher(spec, ctr, pod, scratch)
+        # The launcher's bind sources live outside every mount target (not in /tmp, which
+        # the emptyDir covers).
+        self.scratch = Path(tempfile.mkdtemp(prefix="podsnoop-sidecar-", dir="/var/tmp"))
+        self.command = launcher(spec, ctr, pod, self.scratch)
         port = next(p["containerPort"] for p in ctr["ports"] if p["name"] == "metrics")
         self.netns = pod.netns
         self.local_url = f"http://127.0.0.1:{port}"
@@ -150,7 +160,10 @@ class Sidecar(ExporterProcess):
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
             for pid in children.split():
                 os.kill(int(pid), sig)
-        return super().stop(sig, timeout)
+        try:
+            return super().stop(sig, timeout)
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def eth0_stats(pod) -> dict[str, int]:
@@ -182,12 +195,12 @@ def snapshot(sidecar, pod):
 
 
 @contextlib.contextmanager
-def running_sidecar(pod, scratch: Path, *extra_args: str, components: tuple = ()):
+def running_sidecar(pod, *extra_args: str, components: tuple = ()):
     """The sidecar, stopped at the end (exit 0, no traceback), mount points it made removed."""
     _, ctr = manifest()
     created = [Path(m["mountPath"]) for m in ctr["volumeMounts"]
                if not Path(m["mountPath"]).exists()]
-    sidecar = Sidecar(pod, scratch, *extra_args, components=components)
+    sidecar = Sidecar(pod, *extra_args, components=components)
     try:
         sidecar.start(wait_ready=120)
         yield sidecar
@@ -212,10 +225,10 @@ def our_filters_in(pod) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def rig(factory, tmp_path_factory):
+def rig(factory):
     pod = factory.create(containers=("app", "podsnoop"))
     other = factory.create(containers=("app",))
-    with running_sidecar(pod, tmp_path_factory.mktemp("sidecar")) as sidecar:
+    with running_sidecar(pod) as sidecar:
         pod.exec(["ping", "-c", "1", "-W", "2", pod.host_ip])  # neighbours resolved
         assert len(our_filters_in(pod)) == 2
         yield pod, other, sidecar
@@ -299,7 +312,7 @@ def test_prometheus_with_the_podmonitors_relabelling_keeps_the_pods_labels(rig):
         assert labels.get("container", "") != "podsnoop", labels
 
 
-def test_with_read_access_to_its_own_pod_containers_get_their_names(factory, tmp_path):
+def test_with_read_access_to_its_own_pod_containers_get_their_names(factory):
     """Optional: a Role that lets the sidecar read its own pod; it asks for that pod only,
     in its namespace (no node-wide list)."""
     pod = factory.create(containers=("app", "podsnoop"))
@@ -310,7 +323,7 @@ def test_with_read_access_to_its_own_pod_containers_get_their_names(factory, tmp
         # The component's env (PODSNOOP_KUBE=auto); the kubeconfig stands in for the
         # in-cluster service account a pod would have, outside /tmp (the emptyDir).
         kubeconfig = Path(shutil.copy(api.kubeconfig_path, tempfile.mkdtemp(dir="/var/tmp")))
-        with running_sidecar(pod, tmp_path, "--kubeconfig", str(kubeconfig),
+        with running_sidecar(pod, "--kubeconfig", str(kubeconfig),
                              components=("read-own-pod",)) as sidecar:
             pod.exec(["python3", "-c", GETSID, "400"], container="app")
             deadline = time.monotonic() + 30
