@@ -236,6 +236,9 @@ def test_link_renamed_out_of_the_pattern_is_detached(pods):
         subprocess.run(["ip", "link", "set", pod.host_if, "name", renamed], check=True)
         pod.host_if = renamed  # so the pod's teardown finds it
         wait_for(lambda: not our_filters(renamed), what="detach from the renamed link")
-        assert proc.metrics().value(names.ATTACHED_INTERFACES) == 0
+        # The link is forgotten just after its last filter goes (the qdisc is removed in
+        # between): bounded wait, not a single read.
+        wait_for(lambda: proc.metrics().value(names.ATTACHED_INTERFACES) == 0,
+                 what="the renamed link to be forgotten")
     finally:
         assert proc.stop() == 0, proc.output()

@@ -336,6 +336,9 @@ def test_retransmits_of_an_accepted_socket_count_for_the_pod(exporter, pod, impa
             break
         except OSError:
             time.sleep(0.1)
+    # Under 30% loss one segment lost several times in a row backs the RTO off to seconds
+    # (0.2, 0.4, ... 6.4 s): a bound for the whole transfer, not for one recv.
+    c.settimeout(120)
     with c:
         while chunk := c.recv(1 << 16):
             received += len(chunk)
