@@ -80,6 +80,9 @@ class Config:
     resize: str = "off"
     resize_hold_seconds: float = 30.0
     resize_min_interval: float = 5.0
+    # Web conventions (issue 15).
+    web_config_file: str | None = None
+    max_requests: int = 40
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -204,6 +207,12 @@ FLAGS = [
      "holdSeconds wins)", {}),
     ("--resize-min-interval", "PODSNOOP_RESIZE_MIN_INTERVAL", "5", seconds,
      "minimum seconds between two resizes of the same container", {}),
+    # Web conventions (issue 15).
+    ("--web-config-file", "PODSNOOP_WEB_CONFIG_FILE", None, str,
+     "TLS, client certificate and basic auth configuration (Prometheus exporter-toolkit "
+     "format), read at start; applies to every endpoint but /healthz", {}),
+    ("--max-requests", "PODSNOOP_MAX_REQUESTS", "40", bounded_int(0, 100000),
+     "scrapes of /metrics answered at once; more get 503 at once (0: no limit)", {}),
 ]
 
 
@@ -266,4 +275,5 @@ def parse(argv: list[str] | None = None) -> Config:
                   container_network=a.container_network,
                   container_net_map_entries=a.container_net_map_entries,
                   resize=a.resize, resize_hold_seconds=a.resize_hold_seconds,
-                  resize_min_interval=a.resize_min_interval)
+                  resize_min_interval=a.resize_min_interval,
+                  web_config_file=a.web_config_file, max_requests=a.max_requests)
