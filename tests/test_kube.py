@@ -482,3 +482,71 @@ def test_watcher_without_client_is_degraded_not_dead():
         assert w.state.startswith("degraded") and "no Kubernetes API client" in w.state
     finally:
         assert w.stop()
+
+
+# --- workloads (issue 15) -------------------------------------------------------------------
+
+def test_workload_labels_from_owner_references(api, start):
+    """podsnoop_pod_info's workload_kind/workload, from pods as the test API server serves
+    them (the ownerReferences their controllers set) through the real watcher."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter import exposition, names
+    from exporter.collectors.pods import PodCollector
+
+    minutes = int(time.time() // 60)
+    cases = {   # pod name -> (owner, labels, want)
+        "web-5d8f7c9b4-x2x9q": (("ReplicaSet", "web-5d8f7c9b4"),
+                                {"pod-template-hash": "5d8f7c9b4"}, ("Deployment", "web")),
+        # a ReplicaSet that no Deployment named: the hash label does not match
+        "legacy-abcde": (("ReplicaSet", "legacy"), {"pod-template-hash": "5d8f7c9b4"},
+                         ("ReplicaSet", "legacy")),
+        "db-0": (("StatefulSet", "db"), {}, ("StatefulSet", "db")),
+        "agent-7xk2p": (("DaemonSet", "agent"), {}, ("DaemonSet", "agent")),
+        "backup-29134560-q8x7z": (("Job", f"backup-{minutes - 5}"), {}, ("CronJob", "backup")),
+        # named like a CronJob's but with a date, not minutes since the epoch: a plain Job
+        "migrate-20240101-abcde": (("Job", "migrate-20240101"), {}, ("Job", "migrate-20240101")),
+        "once-abcde": (("Job", "once"), {}, ("Job", "once")),
+        "etcd-node-a": (("Node", "node-a"), {}, ("Node", "node-a")),
+        "bare": (None, {}, ("", "")),
+    }
+    uids = {name: api.add_pod(name, "shop", labels=labels, owner=owner)["metadata"]["uid"]
+            for name, (owner, labels, _) in cases.items()}
+    w = start()
+    assert w.wait_synced(3)
+    for name, (_, _, want) in cases.items():
+        meta = w.index.get(uids[name])
+        assert (meta.workload_kind, meta.workload) == want, name
+
+    registry = CollectorRegistry()
+    registry.register(PodCollector(w.index, w, ()))
+    info = {s.labels["pod"]: s.labels for f in text_string_to_metric_families(
+        exposition.render(registry).decode()) for s in f.samples if s.name == names.POD_INFO}
+    assert {pod: (labels["workload_kind"], labels["workload"]) for pod, labels in info.items()
+            } == {name: want for name, (_, _, want) in cases.items()}
+
+    # a pod created later arrives through the watch with its workload
+    late = api.add_pod("web-5d8f7c9b4-late1", "shop", labels={"pod-template-hash": "5d8f7c9b4"},
+                       owner=("ReplicaSet", "web-5d8f7c9b4"))["metadata"]["uid"]
+    assert wait_for(lambda: w.index.get(late) is not None)
+    assert (w.index.get(late).workload_kind, w.index.get(late).workload) == ("Deployment", "web")
+
+
+def test_workload_of_edge_cases():
+    from exporter.kube import workload_of
+    now = 1_800_000_000.0   # 2027-01-15
+    job = lambda name: {"ownerReferences": [{"kind": "Job", "name": name, "controller": True}]}
+    assert workload_of(job(f"nightly-{int(now // 60)}"), now) == ("CronJob", "nightly")
+    assert workload_of(job(f"nightly-{int(now // 60) + 3 * 1440}"), now) == (
+        "Job", f"nightly-{int(now // 60) + 3 * 1440}")   # in the future: not a schedule
+    assert workload_of(job("a-b-29134560"), now) == ("CronJob", "a-b")
+    # the controller reference wins over other owners
+    md = {"ownerReferences": [{"kind": "ConfigMap", "name": "x"},
+                              {"kind": "StatefulSet", "name": "s", "controller": True}]}
+    assert workload_of(md) == ("StatefulSet", "s")
+    assert workload_of({"ownerReferences": [{"kind": "Foo", "name": "f"}]}) == ("Foo", "f")
+    rs = {"ownerReferences": [{"kind": "ReplicaSet", "name": "-abc", "controller": True}],
+          "labels": {"pod-template-hash": "abc"}}
+    assert workload_of(rs) == ("ReplicaSet", "-abc")
+    assert workload_of({}) == ("", "") and workload_of({"ownerReferences": None}) == ("", "")
