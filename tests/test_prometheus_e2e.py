@@ -39,7 +39,7 @@ from dashboards import render  # noqa: E402
 from dashboards.generate import TCP_CONNECT_FAILURE_RATIO_THRESHOLD  # noqa: E402
 from dashboards.render import (  # noqa: E402
     CONNECT_FAILURES_PER_SECOND, CONNECTS_PER_SECOND, EXECS_PER_SECOND, NAMESPACES, PODS,
-    RECEIVE_DROP_PERIOD, DemoStack,
+    RECEIVE_DROP_PERIOD, WORKLOADS, DemoStack,
 )
 from exporter import names  # noqa: E402
 from prometheus_server import RULES  # noqa: E402
@@ -182,6 +182,9 @@ def test_every_panel_query_runs_and_returns_data(stack, pe):
             ("namespace", "pod", "direction")), expr
     elif "pod" in keys:
         assert set(stack.pods) <= found(("namespace", "pod")), expr
+    if "workload" in keys:
+        assert {(ns, *WORKLOADS[pod]) for ns, pod in stack.pods} <= found(
+            ("namespace", "workload_kind", "workload")), expr
     if "reason" in keys:
         assert DROPS <= found(("direction", "reason")), expr
     if "comm" in keys:

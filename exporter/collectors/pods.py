@@ -12,7 +12,7 @@ from ..kube import sanitize_label_name
 
 # workload_kind, workload: the pod's Deployment, StatefulSet, DaemonSet, CronJob, Job...
 # (kube.workload_of), for `sum by (workload) (... * on(pod_uid) group_left(workload) ...)`.
-INFO_LABELS = ("namespace", "pod", "pod_uid", "node", "workload_kind", "workload")
+INFO_LABELS = names.POD_INFO_LABELS
 
 
 class PodCollector:
