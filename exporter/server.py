@@ -2,8 +2,9 @@
 
 Collection reads BPF maps and builds text, so it runs in a worker thread and never blocks
 the event loop (link events keep flowing during a scrape). Concurrent scrapes share one
-collection in flight instead of each starting its own (one per format and encoding): 200
-simultaneous requests cost one map read, and memory stays bounded. More than
+collection in flight instead of each starting its own, whatever format they ask for (each
+format is rendered once from it): 200 simultaneous requests cost one map read, memory stays
+bounded, and collectors' delta state never sees two collections at once. More than
 `max_requests` scrapes in flight: the rest get 503 at once (node_exporter's
 --web.max-requests).
 
@@ -90,13 +91,42 @@ def encode(registry, openmetrics: bool, compress: bool) -> bytes:
     return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0) if compress else body
 
 
+class _Collected:
+    """Families already collected, offered to the renderer as a registry."""
+
+    def __init__(self, families: list):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
+
+
+class _Scrape:
+    """One collection (registry.collect(), in a worker thread), rendered at most once per
+    (format, gzip) for every request that shares it. Collectors keep delta state between
+    collections (syscalls, execs...), so two collections must never run at once: requests
+    for different formats share the collection too, not just the rendering."""
+
+    def __init__(self, registry):
+        loop = asyncio.get_running_loop()
+        self.families = loop.run_in_executor(None, lambda: _Collected(list(registry.collect())))
+        self.bodies: dict[tuple[bool, bool], asyncio.Future] = {}
+
+    async def body(self, key: tuple[bool, bool]) -> bytes:
+        collected = await asyncio.shield(self.families)
+        future = self.bodies.get(key)
+        if future is None:
+            future = self.bodies[key] = asyncio.get_running_loop().run_in_executor(
+                None, encode, collected, *key)
+        return await asyncio.shield(future)
+
+
 class MetricsHandler:
     def __init__(self, registry, max_requests: int = DEFAULT_MAX_REQUESTS):
         self.registry = registry
         self.max_requests = max_requests   # 0: no limit
         self.in_flight = 0                 # scrapes being answered now
-        # (openmetrics, gzip) -> the collection in flight, shared
-        self._inflight: dict[tuple[bool, bool], asyncio.Future] = {}
+        self._scrape: _Scrape | None = None  # the collection in flight, shared
 
     async def __call__(self, request: web.Request) -> web.Response:
         if self.max_requests and self.in_flight >= self.max_requests:
@@ -106,13 +136,11 @@ class MetricsHandler:
         try:
             key = (wants_openmetrics(request.headers.get("Accept", "")),
                    wants_gzip(request.headers.get("Accept-Encoding", "")))
-            future = self._inflight.get(key)
-            if future is None:
-                loop = asyncio.get_running_loop()
-                future = self._inflight[key] = loop.run_in_executor(
-                    None, encode, self.registry, *key)
-                future.add_done_callback(lambda _f, key=key: self._inflight.pop(key, None))
-            body = await asyncio.shield(future)
+            scrape = self._scrape
+            if scrape is None:
+                scrape = self._scrape = _Scrape(self.registry)
+                scrape.families.add_done_callback(lambda _f: self._collected(scrape))
+            body = await scrape.body(key)
         finally:
             self.in_flight -= 1
         headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if key[0] else CONTENT_TYPE,
@@ -120,6 +148,10 @@ class MetricsHandler:
         if key[1]:
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
+
+    def _collected(self, scrape: _Scrape) -> None:
+        if self._scrape is scrape:   # the next request starts the next collection
+            self._scrape = None
 
 
 METRICS = web.AppKey("metrics", MetricsHandler)

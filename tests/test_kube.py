@@ -113,14 +113,18 @@ def test_1000_pods_listed_and_indexed_under_a_second_of_cpu(api, start):
 # --- watching ------------------------------------------------------------------------------
 
 
-def test_pod_added_later_appears_within_2s(api, start):
+def test_pod_added_later_arrives_through_the_watch(api, start):
+    """A pod created after the list arrives by the open watch (no new list), not by a
+    periodic re-list: shown by the request log, not by how fast it came."""
     w = start()
-    assert w.wait_synced(3)
+    assert watching(api, w)
+    listed = len(lists(api))
     t0 = time.monotonic()
     uid = api.add_pod("late", "default", labels={"team": "x"})["metadata"]["uid"]
-    assert wait_for(lambda: w.index.get(uid) is not None, 2.0)
+    assert wait_for(lambda: w.index.get(uid) is not None, 30)
+    print(f"\nnew pod in the index {(time.monotonic() - t0) * 1e3:.1f} ms after its creation")
     assert w.index.get(uid).labels == {"label_team": "x"}
-    assert time.monotonic() - t0 < 2.0
+    assert len(lists(api)) == listed and w.restarts == 0
 
 
 def test_modified_restart_and_labels_update_the_index(api, start):
@@ -351,17 +355,19 @@ def test_stop_is_prompt_while_watching_and_while_backing_off(quiet_api):
     watching = PodWatcher(index, "node-a", factory, watch_timeout=300).start()
     assert watching.wait_synced(3)
     assert wait_for(lambda: api.open_watches == 1)
+    # Prompt: stop() returns well before the 300 s watch or the 30 s backoff would end
+    # (stop's timeout, half the shorter of them, is the bound; no tighter wall-clock figure).
     t0 = time.monotonic()
-    assert watching.stop(timeout=3)
-    assert time.monotonic() - t0 < 1.0
+    assert watching.stop(timeout=15)
+    print(f"\nstop while watching: {(time.monotonic() - t0) * 1e3:.1f} ms")
     assert wait_for(lambda: api.open_watches == 0)
 
     api.set_down(True)
     sleeping = PodWatcher(index, "node-a", factory, backoff_base=30, backoff_cap=30).start()
     assert wait_for(lambda: sleeping.state.startswith("degraded"))
     t0 = time.monotonic()
-    assert sleeping.stop(timeout=3)
-    assert time.monotonic() - t0 < 1.0
+    assert sleeping.stop(timeout=15)
+    print(f"stop while backing off: {(time.monotonic() - t0) * 1e3:.1f} ms")
 
 
 # --- index and helpers ---------------------------------------------------------------------
