@@ -536,11 +536,13 @@ def busy(kernel):
     """An exporter naming only getsid (so a getsid count is exact whatever the ranking) and
     about 550 syscall map entries from 2 pods x 3 containers that made ~85 distinct
     syscalls each (a realistic map size: a collection then takes long enough for two to
-    overlap), plus one idle worker pod."""
+    overlap), plus one idle worker pod. No --max-requests limit."""
     with PodFactory("busy") as factory:
         worker = factory.create()
         noisy = [factory.create(containers=("a", "b", "c")) for _ in range(2)]
-        proc = run_exporter(factory, "--syscall-allowlist", "getsid")
+        # --max-requests 0: the bursts below are 200 at once, all to be answered (the limit,
+        # 40 by default, is tested in tests/test_web.py)
+        proc = run_exporter(factory, "--syscall-allowlist", "getsid", "--max-requests", "0")
         try:
             worker.exec(["ping", "-c", "1", "-q", worker.host_ip])
             for p in noisy:
