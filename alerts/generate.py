@@ -33,7 +33,8 @@ from dashboards.generate import (  # noqa: E402
 )
 from dashboards.promql import (  # noqa: E402
     COLLECTOR, CONTAINER, CONTAINER_ID, DIRECTION, INSTANCE, INTERFACE, JOB, JOB_NAME, MAP,
-    NAMESPACE, POD, POD_UID, PROTOCOL, REASON, SYSCALL, eq, rate, sel, sum_by,
+    NAMESPACE, POD, POD_UID, PROTOCOL, REASON, SYSCALL, WORKLOAD, WORKLOAD_KIND, eq, rate,
+    sel, sum_by,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +70,16 @@ def alert(name: str, expr: str, for_: str, severity: str, summary: str,
     }
 
 
+def with_workload(expr: str) -> str:
+    """`expr`'s alerts labelled with the pod's workload_kind and workload (from
+    podsnoop_pod_info, joined on namespace and pod), to route them by workload; a pod
+    without pod_info (--kube off, or not yet listed) still alerts, without them."""
+    keys = f"{NAMESPACE}, {POD}"
+    info = f"max by ({keys}, {WORKLOAD_KIND}, {WORKLOAD}) ({q.POD_INFO})"
+    return (f"(\n{expr}\n)\n* on ({keys}) group_left ({WORKLOAD_KIND}, {WORKLOAD})\n{info}\n"
+            f"or on ({keys})\n(\n{expr}\n)")
+
+
 def _pct(x: float) -> str:
     return f"{x:.0%}"
 
@@ -80,8 +91,9 @@ def pod_rules() -> list[dict]:
         drops = sum_by(POD_KEYS, rate(sel(q.NET_DROPS, eq(DIRECTION, direction)), WINDOW))
         rules.append(alert(
             f"PodsnoopPod{name}DropsHigh",
-            f"(\n{drop_ratio(direction, (), WINDOW)}\n) > {DROP_RATIO_THRESHOLD}\n"
-            f"and on ({', '.join(POD_KEYS)})\n{drops} > {MIN_DROPS_PER_SECOND}",
+            with_workload(
+                f"(\n{drop_ratio(direction, (), WINDOW)}\n) > {DROP_RATIO_THRESHOLD}\n"
+                f"and on ({', '.join(POD_KEYS)})\n{drops} > {MIN_DROPS_PER_SECOND}"),
             "10m", "warning",
             f"Pod {POD_REF} drops {{{{ $value | humanizePercentage }}}} of the packets "
             f"{into} it",
@@ -93,9 +105,9 @@ def pod_rules() -> list[dict]:
     calls = sum_by(CONTAINER_KEYS, rate(sel(q.SYSCALLS), WINDOW))
     rules.append(alert(
         "PodsnoopSyscallErrorRatioHigh",
-        f"(\n{syscall_error_ratio(CONTAINER_KEYS, (), WINDOW)}\n) > "
-        f"{SYSCALL_ERROR_RATIO_THRESHOLD}\nand on ({', '.join(CONTAINER_KEYS)})\n"
-        f"{calls} > {MIN_SYSCALLS_PER_SECOND}",
+        with_workload(f"(\n{syscall_error_ratio(CONTAINER_KEYS, (), WINDOW)}\n) > "
+                      f"{SYSCALL_ERROR_RATIO_THRESHOLD}\nand on ({', '.join(CONTAINER_KEYS)})\n"
+                      f"{calls} > {MIN_SYSCALLS_PER_SECOND}"),
         "15m", "warning",
         f"{{{{ $value | humanizePercentage }}}} of the syscalls of container "
         f"{CONTAINER_REF} fail",
@@ -106,7 +118,7 @@ def pod_rules() -> list[dict]:
 
     rules.append(alert(
         "PodsnoopSyscallLatencyHigh",
-        f"{syscall_p99((), WINDOW)}\n> {SYSCALL_P99_THRESHOLD_SECONDS:g}",
+        with_workload(f"{syscall_p99((), WINDOW)}\n> {SYSCALL_P99_THRESHOLD_SECONDS:g}"),
         "15m", "info",
         f"p99 syscall latency of container {CONTAINER_REF} is "
         f"{{{{ $value | humanizeDuration }}}}",
@@ -119,9 +131,9 @@ def pod_rules() -> list[dict]:
     failures = sum_by(POD_KEYS, rate(sel(q.TCP_CONNECT_FAILURES), WINDOW))
     rules.append(alert(
         "PodsnoopTcpConnectFailuresHigh",
-        f"(\n{tcp_connect_failure_ratio((), WINDOW)}\n) > "
-        f"{TCP_CONNECT_FAILURE_RATIO_THRESHOLD}\nand on ({', '.join(POD_KEYS)})\n"
-        f"{failures} > {MIN_CONNECT_FAILURES_PER_SECOND}",
+        with_workload(f"(\n{tcp_connect_failure_ratio((), WINDOW)}\n) > "
+                      f"{TCP_CONNECT_FAILURE_RATIO_THRESHOLD}\nand on ({', '.join(POD_KEYS)})\n"
+                      f"{failures} > {MIN_CONNECT_FAILURES_PER_SECOND}"),
         "10m", "warning",
         f"{{{{ $value | humanizePercentage }}}} of the TCP connects of pod {POD_REF} fail",
         f"For 10 minutes more than {_pct(TCP_CONNECT_FAILURE_RATIO_THRESHOLD)} of the TCP "
@@ -132,7 +144,7 @@ def pod_rules() -> list[dict]:
 
     rules.append(alert(
         "PodsnoopTcpConnectLatencyHigh",
-        f"{tcp_connect_p99((), WINDOW)}\n> {TCP_CONNECT_P99_THRESHOLD_SECONDS:g}",
+        with_workload(f"{tcp_connect_p99((), WINDOW)}\n> {TCP_CONNECT_P99_THRESHOLD_SECONDS:g}"),
         "15m", "info",
         f"p99 TCP connect latency of pod {POD_REF} is {{{{ $value | humanizeDuration }}}}",
         f"For 15 minutes the 99th percentile of the time from SYN to established "
@@ -324,6 +336,28 @@ def unit_tests() -> dict:
     ], "20m", [
         _fires("PodsnoopPodReceiveDropsHigh", {NAMESPACE: "shop", POD: "idle-1"}, "100%"),
         _fires("PodsnoopPodReceiveDropsHigh", {NAMESPACE: "shop", POD: "web-1"}, "10%"),
+    ]))
+
+    # The same with pod_info: web-1's alert carries its workload; idle-1 has no pod_info
+    # (not listed yet) and still alerts, without; a second pod_info series of web-1 (its
+    # previous incarnation in the grace period) changes nothing.
+    cases.append(_case("PodsnoopPodReceiveDropsHigh", [
+        _series(q.NET_DROPS, _pod("shop", "web-1", **{DIRECTION: rx, REASON: "TCP_RCVBUF"}),
+                "0+600x40"),
+        _series(q.NET_RX_PACKETS, _pod("shop", "web-1", **net), "0+5400x40"),
+        _series(q.NET_DROPS, _pod("shop", "idle-1", **{DIRECTION: rx, REASON: "NO_SOCKET"}),
+                "0+120x40"),
+        _series(q.POD_INFO, _pod("shop", "web-1", node="node-a", **{
+            WORKLOAD_KIND: "Deployment", WORKLOAD: "web"}), "1x40"),
+        _series(q.POD_INFO, {**_pod("shop", "web-1", node="node-a", **{
+            WORKLOAD_KIND: "Deployment", WORKLOAD: "web"}), POD_UID: "uid-web-1-old"}, "1x40"),
+        _series(q.POD_INFO, _pod("shop", "web-2", node="node-a", **{
+            WORKLOAD_KIND: "Deployment", WORKLOAD: "web"}), "1x40"),
+    ], "20m", [
+        _fires("PodsnoopPodReceiveDropsHigh", {NAMESPACE: "shop", POD: "idle-1"}, "100%"),
+        _fires("PodsnoopPodReceiveDropsHigh", {NAMESPACE: "shop", POD: "web-1",
+                                               WORKLOAD_KIND: "Deployment", WORKLOAD: "web"},
+               "10%"),
     ]))
 
     # Transmit drops: web-3 drops 5/s of 50/s out (10%); web-1 drops only on receive.

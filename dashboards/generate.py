@@ -31,7 +31,7 @@ from dashboards import promql as q  # noqa: E402
 from exporter.generated import write_or_check  # noqa: E402
 from dashboards.promql import (  # noqa: E402
     COLLECTOR, COMM, CONTAINER, DIRECTION, INSTANCE, JOB, MAP, NAMESPACE, POD, PROTOCOL,
-    REASON, SYSCALL, VERSION, by, rate, sel, sum_by, var,
+    REASON, SYSCALL, VERSION, WORKLOAD_KEYS, by, by_workload, rate, sel, sum_by, var,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -346,6 +346,10 @@ POD_LEGEND = "{{namespace}}/{{pod}}"
 CONTAINER_LEGEND = "{{namespace}}/{{pod}}/{{container}}"
 POD_KEYS = (NAMESPACE, POD)
 CONTAINER_KEYS = (NAMESPACE, POD, CONTAINER)
+WORKLOAD_LEGEND = "{{namespace}}/{{workload_kind}}/{{workload}}"
+WORKLOAD_NOTE = ("Pods are grouped by their controller (podsnoop_pod_info's workload_kind "
+                 "and workload: a Deployment, StatefulSet, DaemonSet, CronJob, Job; empty "
+                 "for bare pods); pods without podsnoop_pod_info (--kube off) are left out.")
 
 
 def network_dashboard() -> dict:
@@ -381,6 +385,17 @@ def network_dashboard() -> dict:
                    [target(per_pod(q.NET_RX_PACKETS), POD_LEGEND)], "pps"),
         timeseries("Transmit packets by pod", "Packets per second out of each pod.",
                    [target(per_pod(q.NET_TX_PACKETS), POD_LEGEND)], "pps"),
+        row("Traffic by workload"),
+        timeseries("Receive bandwidth by workload", "Bytes per second into the pods of each "
+                   f"workload. {WORKLOAD_NOTE}",
+                   [target(by_workload(sum_by((NAMESPACE, q.POD_UID),
+                                              rate(sel(q.NET_RX_BYTES, *f), RATE))),
+                           WORKLOAD_LEGEND)], "Bps"),
+        timeseries("Transmit bandwidth by workload", "Bytes per second out of the pods of "
+                   f"each workload. {WORKLOAD_NOTE}",
+                   [target(by_workload(sum_by((NAMESPACE, q.POD_UID),
+                                              rate(sel(q.NET_TX_BYTES, *f), RATE))),
+                           WORKLOAD_LEGEND)], "Bps"),
         row("Top talkers"),
         bargauge("Top 10 pods by bandwidth (receive + transmit)",
                  "Average bytes per second over the dashboard's time range, both directions.",
@@ -487,7 +502,12 @@ def syscalls_dashboard() -> dict:
         bargauge("Top 10 containers by syscall rate", "Average system calls per second over "
                  "the dashboard's time range.",
                  [target(f"topk(10, {sum_by(CONTAINER_KEYS, rate(sel(q.SYSCALLS, *fs), RANGE))})",
-                         CONTAINER_LEGEND, instant=True)], "ops", w=24),
+                         CONTAINER_LEGEND, instant=True)], "ops"),
+        timeseries("Syscalls by workload", "System calls per second of the pods of each "
+                   f"workload. {WORKLOAD_NOTE}",
+                   [target(by_workload(sum_by((NAMESPACE, q.POD_UID),
+                                              rate(sel(q.SYSCALLS, *fs), RATE))),
+                           WORKLOAD_LEGEND)], "ops"),
         row("Errors"),
         timeseries("Error ratio by container", "Share of system calls that returned an "
                    "error. The alert PodsnoopSyscallErrorRatioHigh uses the same expression "

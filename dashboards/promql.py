@@ -28,6 +28,9 @@ def _label(name: str, group: tuple[str, ...]) -> str:
 NAMESPACE = _label("namespace", names.POD_LABELS)
 POD = _label("pod", names.POD_LABELS)
 POD_UID = _label("pod_uid", names.POD_LABELS)
+WORKLOAD_KIND = _label("workload_kind", names.POD_INFO_LABELS)
+WORKLOAD = _label("workload", names.POD_INFO_LABELS)
+WORKLOAD_KEYS = (NAMESPACE, WORKLOAD_KIND, WORKLOAD)
 CONTAINER = _label("container", names.CONTAINER_LABELS)
 CONTAINER_ID = _label("container_id", names.CONTAINER_LABELS)
 SYSCALL = _label("syscall", names.SYSCALL_LABELS)
@@ -141,6 +144,16 @@ def by(*labels: str) -> str:
 
 def rate(selector: str, window: str) -> str:
     return f"rate({selector}[{window}])"
+
+
+def by_workload(per_pod_uid: str) -> str:
+    """A per-pod expression (aggregated `by (namespace, pod_uid)`) summed per workload:
+    joined on pod_uid with podsnoop_pod_info's workload_kind and workload. Pods without
+    pod_info (--kube off) drop out of the join."""
+    info = (f"max by ({POD_UID}, {WORKLOAD_KIND}, {WORKLOAD}) "
+            f"({POD_INFO})")
+    return (f"sum by ({', '.join(WORKLOAD_KEYS)}) (\n  {per_pod_uid}\n"
+            f"  * on ({POD_UID}) group_left ({WORKLOAD_KIND}, {WORKLOAD})\n  {info}\n)")
 
 
 def sum_by(labels: tuple[str, ...], inner: str) -> str:

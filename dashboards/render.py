@@ -62,6 +62,9 @@ PODS = [
     ("batch", "report-0", "report", {"worker": ("ping", (100, 600))}),
 ]
 NAMESPACES = sorted({ns for ns, *_ in PODS})
+# Each pod's controller, as (kind, name) in its ownerReferences: the workload panels' groups.
+WORKLOADS = {"web-0": ("StatefulSet", "web"), "cache-0": ("StatefulSet", "cache"),
+             "report-0": ("Job", "report")}
 
 SYSCALL_LOOP = """\
 import os, sys, time
@@ -248,7 +251,8 @@ class DemoStack:
         for ns, name, app, containers in PODS:
             pod = self.factory.create(containers=tuple(containers), name=name)
             self.api.add_pod(name, ns, NODE, uid=pod.uid, labels={"app": app},
-                             containers={c.name: c.id for c in pod.containers.values()})
+                             containers={c.name: c.id for c in pod.containers.values()},
+                             owner=WORKLOADS[name])
             self.pods[(ns, name)] = pod
             # ping through an ICMP datagram socket (container runtimes commonly allow these
             # for pods with this sysctl): with a raw socket, ping makes one receive drop per

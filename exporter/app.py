@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from pyroute2 import AsyncIPRoute
 
-from . import __version__, bpfload, btf, names
+from . import __version__, bpfload, btf, names, webconfig
 from .cgroups import CgroupError, CgroupResolver, find_cgroup2_mount
 from .collectors.container_net import ContainerNetworkCollector
 from .collectors.container_net import load_programs as load_container_net_programs
@@ -55,13 +55,15 @@ class BuildInfo:
 
 async def start_server(cfg: Config, registry, health: Health,
                        routes: dict | None = None) -> web.AppRunner:
-    app = make_app(registry, health)
+    web_config = webconfig.load(cfg.web_config_file)  # PodsnoopError when bad
+    app = make_app(registry, health, web_config, cfg.max_requests)
     for path, handler in (routes or {}).items():  # e.g. /execs
         app.router.add_get(path, handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, cfg.host, cfg.port).start()
+        await web.TCPSite(runner, cfg.host, cfg.port,
+                          ssl_context=web_config.ssl_context).start()
     except (OSError, UnicodeError) as e:   # getaddrinfo: UnicodeError for a bad name
         await runner.cleanup()
         if getattr(e, "errno", None) == errno.EADDRINUSE:
@@ -202,14 +204,14 @@ def own_pod_scope(resolver, identity: PodIdentity) -> OwnPod:
 async def run(cfg: Config) -> int:
     mode, why = (cfg.mode, "set by --mode") if cfg.mode != "auto" else detect_mode()
     identity = pod_identity(cfg.pod_info_dir) if mode == "sidecar" else None
-    log.info("mode: %s (%s)%s", mode, why,
-             f"; pod {identity.namespace}/{identity.name} uid {identity.uid}" if identity else "")
     bpfload.preflight(need_tracefs=cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops)
     health = Health(mode=mode)
     registry = CollectorRegistry(auto_describe=True)
     execs = ExecLogEndpoint()
     # fail fast if the port is taken
     runner = await start_server(cfg, registry, health, {"/execs": execs})
+    log.info("mode: %s (%s)%s", mode, why,
+             f"; pod {identity.namespace}/{identity.name} uid {identity.uid}" if identity else "")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

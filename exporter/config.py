@@ -86,6 +86,9 @@ class Config:
     bpf_stats: bool = True
     syscall_latency: bool = True
     pod_info_dir: str = "/etc/podinfo"
+    # Web conventions (issue 15).
+    web_config_file: str | None = None
+    max_requests: int = 40
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -228,6 +231,12 @@ FLAGS = [
      "holdSeconds wins)", {}),
     ("--resize-min-interval", "PODSNOOP_RESIZE_MIN_INTERVAL", "5", seconds,
      "minimum seconds between two resizes of the same container", {}),
+    # Web conventions (issue 15).
+    ("--web-config-file", "PODSNOOP_WEB_CONFIG_FILE", None, str,
+     "TLS, client certificate and basic auth configuration (Prometheus exporter-toolkit "
+     "format), read at start; applies to every endpoint but /healthz", {}),
+    ("--max-requests", "PODSNOOP_MAX_REQUESTS", "40", bounded_int(0, 100000),
+     "scrapes of /metrics answered at once; more get 503 at once (0: no limit)", {}),
 ]
 
 
@@ -294,4 +303,5 @@ def parse(argv: list[str] | None = None) -> Config:
                   resize_min_interval=a.resize_min_interval, mode=a.mode,
                   tc_attach=a.tc_attach, bpf_stats=a.bpf_stats,
                   syscall_latency=a.syscall_latency,
-                  pod_info_dir=a.pod_info_dir)
+                  pod_info_dir=a.pod_info_dir,
+                  web_config_file=a.web_config_file, max_requests=a.max_requests)

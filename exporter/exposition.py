@@ -1,4 +1,4 @@
-"""Prometheus text format (0.0.4), rendered for speed.
+"""Prometheus text format (0.0.4) and OpenMetrics 1.0 text, rendered for speed.
 
 prometheus-client's generate_latest validates and escapes every label name and value of
 every sample on every scrape; at a few thousand samples that was half of a scrape's time.
@@ -17,6 +17,7 @@ import math
 from prometheus_client.samples import Sample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 _label_text: dict[tuple, str] = {}   # label set -> text, as of the last render
 _TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram",
@@ -78,16 +79,42 @@ def _row_prefix(family: RowFamily, values: tuple, previous: dict, current: dict)
     return text
 
 
-def render(registry) -> bytes:
-    """One render at a time (server.MetricsHandler shares the one in flight)."""
+_OM_TYPES = {"counter", "gauge", "histogram", "gaugehistogram", "summary", "info",
+             "stateset", "unknown"}
+# OpenMetrics: a family with a unit has it as its name's suffix. Families that declare
+# none but are named in a base unit get it here, so Prometheus stores the unit too.
+_UNIT_SUFFIXES = ("seconds", "bytes")
+
+
+def _om_header(family) -> str:
+    """# HELP / # TYPE / # UNIT of an OpenMetrics family: the family name (a counter's
+    without `_total`, an info's without `_info`), as prometheus-client's encoder writes."""
+    name = family.name
+    kind = family.type if family.type in _OM_TYPES else "unknown"
+    doc = (family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+           .replace('"', '\\"'))
+    unit = getattr(family, "unit", "")
+    if not unit:
+        unit = next((u for u in _UNIT_SUFFIXES if name.endswith("_" + u)), "")
+    head = f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
+    return head + f"# UNIT {name} {unit}\n" if unit else head
+
+
+def render(registry, openmetrics: bool = False) -> bytes:
+    """The 0.0.4 text format, or OpenMetrics 1.0 text (same sample lines; other family
+    headers and `# EOF`). One render per format at a time (server.MetricsHandler shares the
+    one in flight); two formats rendering at once only share the label cache."""
     global _label_text
     previous, current = _label_text, {}
     out: list[str] = []
     append = out.append
     for family in registry.collect():
-        name = family.name + "_total" if family.type == "counter" else family.name
-        doc = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPES.get(family.type, 'untyped')}\n")
+        if openmetrics:
+            append(_om_header(family))
+        else:
+            name = family.name + "_total" if family.type == "counter" else family.name
+            doc = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+            append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPES.get(family.type, 'untyped')}\n")
         if type(family) is RowFamily:
             for values, v in family.rows:
                 append(_row_prefix(family, values, previous, current) + _value(v) + "\n")
@@ -96,5 +123,7 @@ def render(registry) -> bytes:
             if s.name.endswith("_created"):
                 continue
             append(f"{s.name}{_labels(s.labels, previous, current)} {_value(s.value)}\n")
+    if openmetrics:
+        append("# EOF\n")
     _label_text = current
     return "".join(out).encode()

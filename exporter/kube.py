@@ -59,6 +59,10 @@ class PodMeta:
     # Resize on exec (issue 8): (annotation text, JSON of {container: spec resources}) for
     # pods with the podsnoop.io/resize-on-exec annotation, None for every other pod.
     resize: tuple[str, str] | None = None
+    # The pod's workload from its controller ownerReference (see workload_of): e.g.
+    # ("Deployment", "web"); ("", "") for a bare pod.
+    workload_kind: str = ""
+    workload: str = ""
 
     def __post_init__(self) -> None:
         # Read-only views: a PodMeta handed to a collector cannot be changed under it.
@@ -120,11 +124,44 @@ def _container_ids(status: Mapping[str, Any]) -> dict[str, str]:
     return ids
 
 
+# CronJob controller names its Jobs "<cronjob>-<scheduled time in minutes since the epoch>"
+# (kubernetes pkg/controller/cronjob getJobName). A Job counts as a CronJob's only if its
+# suffix is such a time, from 2015 (CronJobs did not exist before) to a day from now.
+_CRONJOB_MINUTES_FROM = 23_667_840   # 2015-01-01T00:00Z
+_JOB_NAME = re.compile(r"(.+)-(\d{8,})")
+
+
+def workload_of(md: Mapping[str, Any], now: float | None = None) -> tuple[str, str]:
+    """(workload_kind, workload) from a pod's controller ownerReference, without asking the
+    API for the owner (podsnoop may only read pods): a ReplicaSet named
+    "<deployment>-<pod-template-hash label>" is its Deployment's (the Deployment controller
+    names them so), a Job named "<cronjob>-<minutes>" is its CronJob's; a StatefulSet,
+    DaemonSet, other Job or ReplicaSet, or any other owner (a Node for a static pod) is
+    itself; a bare pod is ("", "")."""
+    refs = [r for r in md.get("ownerReferences") or () if isinstance(r, Mapping)]
+    ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+    if ref is None:
+        return ("", "")
+    kind, name = str(ref.get("kind") or ""), str(ref.get("name") or "")
+    if kind == "ReplicaSet":
+        template_hash = (md.get("labels") or {}).get("pod-template-hash")
+        if template_hash and name.endswith("-" + template_hash) and len(name) > len(
+                template_hash) + 1:
+            return ("Deployment", name[:-len(template_hash) - 1])
+    elif kind == "Job":
+        m = _JOB_NAME.fullmatch(name)
+        latest = ((time.time() if now is None else now) + 86400) // 60
+        if m and _CRONJOB_MINUTES_FROM <= int(m.group(2)) <= latest:
+            return ("CronJob", m.group(1))
+    return (kind, name)
+
+
 def pod_meta(obj: Mapping[str, Any], allowlist: LabelAllowlist | None = None) -> PodMeta:
     """Build a PodMeta from a pod as the API serves it (JSON dict, camelCase)."""
     md = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
+    kind, workload = workload_of(md)
     return PodMeta(
         uid=md.get("uid") or "",
         namespace=md.get("namespace") or "",
@@ -134,6 +171,8 @@ def pod_meta(obj: Mapping[str, Any], allowlist: LabelAllowlist | None = None) ->
         labels=allowlist.select(md.get("labels")) if allowlist else {},
         phase=status.get("phase") or "",
         resize=_resize_on_exec(md, spec),
+        workload_kind=kind,
+        workload=workload,
     )
 
 

@@ -64,6 +64,9 @@ CONTAINER_NET_LABELS = CONTAINER_LABELS
 
 # Pod metadata to join on (kube-state-metrics' kube_pod_labels pattern).
 POD_INFO = "podsnoop_pod_info"
+# workload_kind, workload: the pod's controller (Deployment, StatefulSet, DaemonSet,
+# CronJob, Job, ...; empty for a bare pod); then label_<key> for --pod-labels.
+POD_INFO_LABELS = ("namespace", "pod", "pod_uid", "node", "workload_kind", "workload")
 
 # Self metrics.
 ATTACHED_INTERFACES = "podsnoop_attached_interfaces"

@@ -302,9 +302,12 @@ class KubeApiServer:
                 init_containers: Iterable[str] | Mapping[str, str] = (),
                 ephemeral_containers: Iterable[str] | Mapping[str, str] = (),
                 phase: str | None = None, annotations: Mapping[str, str] | None = None,
-                resources: Mapping[str, dict] | None = None) -> dict:
+                resources: Mapping[str, dict] | None = None,
+                owner: tuple[str, str] | None = None) -> dict:
         """Create a pod (running, with containerd ids) and return it.
 
+        `owner`: (kind, name) of its controller, e.g. ("ReplicaSet", "web-5d4f8c7b9"), put in
+        metadata.ownerReferences as its controller would (controller: true).
         `containers` is names, or name -> bare container id to choose the ids. A pod with
         `node=None` is unscheduled: Pending, no container statuses. `resources`: container
         name -> its spec resources ({"requests": {...}, "limits": {...}}).
@@ -312,6 +315,13 @@ class KubeApiServer:
         pod = self._build_pod(name, namespace, node, uid or str(uuid.uuid4()), labels,
                               containers, init_containers, ephemeral_containers, phase,
                               annotations=annotations, resources=resources)
+        if owner is not None:
+            kind, owner_name = owner
+            pod["metadata"]["ownerReferences"] = [{
+                "apiVersion": "batch/v1" if kind == "Job" else (
+                    "v1" if kind == "Node" else "apps/v1"),
+                "kind": kind, "name": owner_name, "uid": str(uuid.uuid4()),
+                "controller": True, "blockOwnerDeletion": True}]
         return self._call(self._commit, pod["metadata"]["uid"], pod, created=True)
 
     def add_pods(self, count: int, node: str | None = DEFAULT_NODE, *,

@@ -45,10 +45,13 @@ class PrometheusError(RuntimeError):
 class PrometheusServer:
     def __init__(self, targets: Iterable[str], *, job: str = JOB, interval: str = "1s",
                  rule_files: Iterable[str | os.PathLike] = (RULES,),
-                 binary: str = "prometheus", scrape_configs: list[dict] | None = None):
-        """scrape_configs: in full, instead of one static job scraping `targets`."""
+                 binary: str = "prometheus", job_config: dict | None = None,
+                 extra_jobs: Iterable[dict] = ()):
+        """job_config: more keys for the job's scrape config (scheme, tls_config,
+        basic_auth...); extra_jobs: whole further scrape configs."""
         self.targets = list(targets)
-        self.scrape_configs = scrape_configs
+        self.job_config = dict(job_config or {})
+        self.extra_jobs = list(extra_jobs)
         self.job = job
         self.interval = interval
         self.rule_files = [str(Path(f).resolve()) for f in rule_files]
@@ -67,8 +70,9 @@ class PrometheusServer:
             "global": {"scrape_interval": self.interval, "scrape_timeout": self.interval,
                        "evaluation_interval": self.interval},
             "rule_files": self.rule_files,
-            "scrape_configs": self.scrape_configs or [
-                {"job_name": self.job, "static_configs": [{"targets": self.targets}]}],
+            "scrape_configs": [{"job_name": self.job,
+                                "static_configs": [{"targets": self.targets}],
+                                **self.job_config}, *self.extra_jobs],
         }, indent=2)
 
     def start(self, timeout: float = 60) -> "PrometheusServer":

@@ -339,7 +339,8 @@ def _openmetrics(end: int) -> str:
                         (names.CONTAINER_NET_TRANSMIT_PACKETS, 6)):
         counter(base, [(ctr(*c), scale) for c in containers])
 
-    family(q.POD_INFO, "gauge", [(q.POD_INFO, pod(ns, p, node="node-a"), 1)
+    family(q.POD_INFO, "gauge", [(q.POD_INFO, pod(ns, p, node="node-a", **{
+        q.WORKLOAD_KIND: "Deployment", q.WORKLOAD: p.rsplit("-", 1)[0]}), 1)
                                  for ns, p in pods[:2]])
     family(q.ATTACHED_INTERFACES, "gauge", [(q.ATTACHED_INTERFACES, {}, 2)])
     maps = ("net_stats", "syscall_stats")
@@ -503,3 +504,19 @@ def test_top_talkers_add_both_directions_and_keep_one_way_pods(prom):
     assert got["web-1"] == pytest.approx(3400, rel=1e-6)
     assert got["rx-only"] == pytest.approx(1000, rel=1e-6)
     assert got[""] == pytest.approx(3 * 3400, rel=1e-6)  # traffic of no known pod is kept
+
+
+def test_workload_panels_sum_pods_joined_through_pod_info(prom):
+    """Workload panels: a pod's rate lands on its pod_info's workload; pods without
+    pod_info (rx-only, the no-pod traffic) are not in any workload."""
+    def instant(panel: str, keys: tuple[str, ...]) -> dict:
+        expr = gen.substitute(next(pe.expr for pe in gen.panel_exprs() if pe.panel == panel))
+        return {tuple(s["metric"].get(k, "") for k in keys): float(s["value"][1])
+                for s in prom.instant(expr)["data"]["result"]}
+
+    per_pod = instant("Receive bandwidth by pod", (q.POD,))
+    per_workload = instant("Receive bandwidth by workload", q.WORKLOAD_KEYS)
+    assert per_workload == pytest.approx({("shop", "Deployment", "web"): per_pod[("web-1",)],
+                                          ("shop", "Deployment", "db"): per_pod[("db-0",)]})
+    calls = instant("Syscalls by workload", q.WORKLOAD_KEYS)
+    assert set(calls) == {("shop", "Deployment", "web"), ("shop", "Deployment", "db")}

@@ -114,6 +114,11 @@ def test_every_yaml_parses_and_has_a_known_kind(path):
     if path.name == "prometheus-rules.yaml":  # a plain Prometheus rule file
         assert list(docs[0]) == ["groups"]
         return
+    if isinstance(docs[0], list):  # a JSON patch (RFC 6902), e.g. deploy/web-config's
+        (ops,) = docs
+        assert ops and all(op["op"] in {"add", "replace", "remove", "test"}
+                           and op["path"].startswith("/spec/") for op in ops), path
+        return
     for doc in docs:
         kind = doc["kind"]
         assert kind in {k for _, k in MODELS} | OPERATOR_KINDS | KUSTOMIZE_KINDS, kind
@@ -287,7 +292,8 @@ def _listed(kust: dict) -> set[str]:
     return files
 
 
-@pytest.mark.parametrize("sub", ["", "privileged", "sidecar", "sidecar/read-own-pod"])
+@pytest.mark.parametrize("sub", ["", "privileged", "sidecar", "sidecar/read-own-pod",
+                                 "web-config"])
 def test_kustomization_lists_every_file_in_its_directory(sub):
     d = DEPLOY / sub
     kust = load(d / "kustomization.yaml")[0]
@@ -543,3 +549,107 @@ def test_sidecar_read_own_pod_component_builds(tmp_path):
     ctr = only_container(pod)
     env = {e["name"]: e.get("value") for e in ctr["env"]}
     assert env["PODSNOOP_KUBE"] == "auto" and "POD_UID" in env
+
+
+# --------------------------------------------------------------------------- web-config
+
+WEB = DEPLOY / "web-config"
+WEB_CONFIG_PATH = "/etc/podsnoop/web/web-config.yml"
+
+
+def _with_web_config(tmp_path: Path, base: Path) -> dict[str, dict]:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(base, overlay)],
+        "components": [os.path.relpath(WEB, overlay)],
+    }))
+    return _by_kind(kustomize(overlay))
+
+
+def _check_web_config_container(pod: dict, ctr: dict, plain_ctr: dict) -> None:
+    from exporter.server import UNAUTHENTICATED
+    env = {e["name"]: e.get("value") for e in ctr["env"]}
+    assert env["PODSNOOP_WEB_CONFIG_FILE"] == WEB_CONFIG_PATH
+    assert any(var == "PODSNOOP_WEB_CONFIG_FILE" and flag == "--web-config-file"
+               for flag, var, *_ in config.FLAGS)
+    (mount,) = [m for m in ctr["volumeMounts"] if m["name"] == "web-config"]
+    assert mount == {"name": "web-config", "mountPath": os.path.dirname(WEB_CONFIG_PATH),
+                     "readOnly": True}
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "web-config"]
+    assert vol["secret"]["secretName"] == "podsnoop-web-config"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = ctr[probe]["httpGet"]
+        # kubelet probes carry no credentials: only unauthenticated paths can pass
+        assert get["scheme"] == "HTTPS" and get["path"] in UNAUTHENTICATED, probe
+        assert get["port"] == "metrics"
+    # nothing else of the container changed
+    skip = ("env", "volumeMounts", "startupProbe", "livenessProbe", "readinessProbe")
+    assert ({k: v for k, v in ctr.items() if k not in skip}
+            == {k: v for k, v in plain_ctr.items() if k not in skip})
+    assert [e for e in ctr["env"] if e["name"] != "PODSNOOP_WEB_CONFIG_FILE"] == \
+        plain_ctr.get("env", [])
+
+
+def _check_scrape_endpoint(ep: dict, plain: dict) -> None:
+    assert ep["scheme"] == "https"
+    assert ep["tlsConfig"]["ca"]["secret"] == {"name": "podsnoop-scrape-tls", "key": "ca.crt"}
+    assert ep["tlsConfig"]["serverName"]
+    assert ep["basicAuth"] == {
+        "username": {"name": "podsnoop-scrape-auth", "key": "username"},
+        "password": {"name": "podsnoop-scrape-auth", "key": "password"}}
+    assert {k: v for k, v in ep.items() if k not in ("scheme", "tlsConfig", "basicAuth")} == plain
+
+
+def test_web_config_is_a_component_that_only_patches():
+    kust = load(WEB / "kustomization.yaml")[0]
+    assert kust["kind"] == "Component"
+    assert "resources" not in kust and "secretGenerator" not in kust  # no credentials here
+
+
+def test_web_config_component_builds_on_the_base(tmp_path):
+    docs = _with_web_config(tmp_path, DEPLOY)
+    plain = _by_kind(kustomize(DEPLOY))
+    assert set(docs) == set(plain)
+    ds = docs["DaemonSet"]
+    deserialize(ds)
+    pod = ds["spec"]["template"]["spec"]
+    _check_web_config_container(pod, only_container(pod),
+                                only_container(plain["DaemonSet"]["spec"]["template"]["spec"]))
+    (ep,) = docs["ServiceMonitor"]["spec"]["endpoints"]
+    (plain_ep,) = plain["ServiceMonitor"]["spec"]["endpoints"]
+    _check_scrape_endpoint(ep, plain_ep)
+
+
+def test_web_config_component_builds_on_the_sidecar(tmp_path):
+    docs = _with_web_config(tmp_path, DEPLOY / "sidecar")
+    plain = _by_kind(kustomize(DEPLOY / "sidecar"))
+    dep = docs["Deployment"]
+    deserialize(dep)
+    pod = dep["spec"]["template"]["spec"]
+    plain_pod = plain["Deployment"]["spec"]["template"]["spec"]
+    _check_web_config_container(pod, only_container(pod), only_container(plain_pod))
+    assert only_container(pod, "app") == only_container(plain_pod, "app")
+    (ep,) = docs["PodMonitor"]["spec"]["podMetricsEndpoints"]
+    (plain_ep,) = plain["PodMonitor"]["spec"]["podMetricsEndpoints"]
+    _check_scrape_endpoint(ep, plain_ep)
+
+
+def test_web_config_readme_example_is_a_valid_web_config(tmp_path):
+    """The example in deploy/web-config/README.md loads with the exporter's own loader (with
+    a certificate and key where it points), and its hash is of the password it names."""
+    import bcrypt
+    from exporter import webconfig
+    text = (WEB / "README.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "web-config.yml").write_text(example)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=podsnoop",
+                    "-days", "1", "-keyout", str(tmp_path / "tls.key"),
+                    "-out", str(tmp_path / "tls.crt")], check=True, capture_output=True)
+    cfg = webconfig.load(str(tmp_path / "web-config.yml"))
+    assert cfg.ssl_context is not None and set(cfg.users) == {"prometheus"}
+    assert "change-me" in text and bcrypt.checkpw(b"change-me", cfg.users["prometheus"])
+    for secret in ("podsnoop-web-config", "podsnoop-scrape-tls", "podsnoop-scrape-auth"):
+        assert secret in text

@@ -56,3 +56,86 @@ def test_label_cache_keeps_only_the_last_renders_label_sets():
         source.pod = str(i)
         assert f'pod="{i}"' in exposition.render(registry).decode()
     assert list(exposition._label_text) == [(("pod", "49"),)]
+
+
+# --------------------------------------------------------------------------- OpenMetrics
+
+class MoreFamilies(Families):
+    """Families every OpenMetrics rule touches: counters (`_total`), units, an info, a
+    RowFamily (the network collector's fast path), a summary, and escapes."""
+
+    def collect(self):
+        yield from super().collect()
+        from prometheus_client.core import InfoMetricFamily, SummaryMetricFamily
+        h = HistogramMetricFamily("podsnoop_d_seconds", "d", labels=["pod"], unit="seconds")
+        h.add_metric(["a"], [("0.001", 1), ("+Inf", 4)], sum_value=0.5)
+        yield h
+        c = CounterMetricFamily("podsnoop_rx_bytes", "rx", labels=["pod"], unit="bytes")
+        c.add_metric(["a"], 7)
+        yield c
+        i = InfoMetricFamily("podsnoop_v", "v", labels=["x"])
+        i.add_metric(["1"], {"version": "1"})
+        yield i
+        s = SummaryMetricFamily("podsnoop_s", "s")
+        s.add_metric([], count_value=2, sum_value=3.5)
+        yield s
+        r = exposition.RowFamily("podsnoop_rows", "rows", ["pod", "proto"])
+        r.add(("a", "tcp"), 3)
+        r.add(('q"uote', "udp"), 4)
+        yield r
+
+
+def om_parsed(text: str):
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+    return sorted((f.name, f.type, f.unit, f.documentation, s.name,
+                   tuple(sorted(s.labels.items())), repr(float(s.value)))
+                  for f in om(text) for s in f.samples)
+
+
+def test_openmetrics_is_what_prometheus_clients_openmetrics_encoder_says():
+    """Parsed by prometheus-client's strict OpenMetrics parser (it rejects a missing
+    `# EOF`, a counter sample without `_total`, a unit that is not the name's suffix),
+    our OpenMetrics text has the families and samples of its own encoder's, and the same
+    samples as our 0.0.4 text."""
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+    class WithoutRows(MoreFamilies):
+        def collect(self):
+            for f in super().collect():
+                if type(f) is exposition.RowFamily:   # the client's encoder needs .unit
+                    c = CounterMetricFamily(f.name, f.documentation, labels=f.labelnames)
+                    for values, v in f.rows:
+                        c.add_metric(list(values), v)
+                    f = c
+                yield f
+
+    registry, reference = CollectorRegistry(), CollectorRegistry()
+    registry.register(MoreFamilies())
+    reference.register(WithoutRows())
+    ours = exposition.render(registry, openmetrics=True).decode()
+    assert ours.endswith("\n# EOF\n")
+    assert "podsnoop_rows_total{" in ours and "# TYPE podsnoop_rows counter" in ours
+    assert "# UNIT podsnoop_d_seconds seconds" in ours
+    assert om_parsed(ours) == om_parsed(om_latest(reference).decode())
+    text = exposition.render(registry).decode()
+    assert not text.rstrip().endswith("# EOF")
+    assert ({(s.name, tuple(sorted(s.labels.items())), repr(float(s.value)))
+             for f in text_string_to_metric_families(text) for s in f.samples}
+            == {(n, labels, v) for (_, _, _, _, n, labels, v) in om_parsed(ours)})
+
+
+def test_openmetrics_units_are_inferred_only_from_a_unit_suffix():
+    class Plain:
+        def collect(self):
+            for name in ("podsnoop_wait_seconds", "podsnoop_tx_bytes", "podsnoop_entries"):
+                g = GaugeMetricFamily(name, "g")
+                g.add_metric([], 1)
+                yield g
+
+    registry = CollectorRegistry()
+    registry.register(Plain())
+    units = {f.name: f.unit for f in __import__(
+        "prometheus_client.openmetrics.parser", fromlist=["x"]).text_string_to_metric_families(
+        exposition.render(registry, openmetrics=True).decode())}
+    assert units == {"podsnoop_wait_seconds": "seconds", "podsnoop_tx_bytes": "bytes",
+                     "podsnoop_entries": ""}

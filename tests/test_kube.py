@@ -113,14 +113,18 @@ def test_1000_pods_listed_and_indexed_under_a_second_of_cpu(api, start):
 # --- watching ------------------------------------------------------------------------------
 
 
-def test_pod_added_later_appears_within_2s(api, start):
+def test_pod_added_later_arrives_through_the_watch(api, start):
+    """A pod created after the list arrives by the open watch (no new list), not by a
+    periodic re-list: shown by the request log, not by how fast it came."""
     w = start()
-    assert w.wait_synced(3)
+    assert watching(api, w)
+    listed = len(lists(api))
     t0 = time.monotonic()
     uid = api.add_pod("late", "default", labels={"team": "x"})["metadata"]["uid"]
-    assert wait_for(lambda: w.index.get(uid) is not None, 2.0)
+    assert wait_for(lambda: w.index.get(uid) is not None, 30)
+    print(f"\nnew pod in the index {(time.monotonic() - t0) * 1e3:.1f} ms after its creation")
     assert w.index.get(uid).labels == {"label_team": "x"}
-    assert time.monotonic() - t0 < 2.0
+    assert len(lists(api)) == listed and w.restarts == 0
 
 
 def test_modified_restart_and_labels_update_the_index(api, start):
@@ -351,17 +355,19 @@ def test_stop_is_prompt_while_watching_and_while_backing_off(quiet_api):
     watching = PodWatcher(index, "node-a", factory, watch_timeout=300).start()
     assert watching.wait_synced(3)
     assert wait_for(lambda: api.open_watches == 1)
+    # Prompt: stop() returns well before the 300 s watch or the 30 s backoff would end
+    # (stop's timeout, half the shorter of them, is the bound; no tighter wall-clock figure).
     t0 = time.monotonic()
-    assert watching.stop(timeout=3)
-    assert time.monotonic() - t0 < 1.0
+    assert watching.stop(timeout=15)
+    print(f"\nstop while watching: {(time.monotonic() - t0) * 1e3:.1f} ms")
     assert wait_for(lambda: api.open_watches == 0)
 
     api.set_down(True)
     sleeping = PodWatcher(index, "node-a", factory, backoff_base=30, backoff_cap=30).start()
     assert wait_for(lambda: sleeping.state.startswith("degraded"))
     t0 = time.monotonic()
-    assert sleeping.stop(timeout=3)
-    assert time.monotonic() - t0 < 1.0
+    assert sleeping.stop(timeout=15)
+    print(f"stop while backing off: {(time.monotonic() - t0) * 1e3:.1f} ms")
 
 
 # --- index and helpers ---------------------------------------------------------------------
@@ -482,3 +488,71 @@ def test_watcher_without_client_is_degraded_not_dead():
         assert w.state.startswith("degraded") and "no Kubernetes API client" in w.state
     finally:
         assert w.stop()
+
+
+# --- workloads (issue 15) -------------------------------------------------------------------
+
+def test_workload_labels_from_owner_references(api, start):
+    """podsnoop_pod_info's workload_kind/workload, from pods as the test API server serves
+    them (the ownerReferences their controllers set) through the real watcher."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter import exposition, names
+    from exporter.collectors.pods import PodCollector
+
+    minutes = int(time.time() // 60)
+    cases = {   # pod name -> (owner, labels, want)
+        "web-5d8f7c9b4-x2x9q": (("ReplicaSet", "web-5d8f7c9b4"),
+                                {"pod-template-hash": "5d8f7c9b4"}, ("Deployment", "web")),
+        # a ReplicaSet that no Deployment named: the hash label does not match
+        "legacy-abcde": (("ReplicaSet", "legacy"), {"pod-template-hash": "5d8f7c9b4"},
+                         ("ReplicaSet", "legacy")),
+        "db-0": (("StatefulSet", "db"), {}, ("StatefulSet", "db")),
+        "agent-7xk2p": (("DaemonSet", "agent"), {}, ("DaemonSet", "agent")),
+        "backup-29134560-q8x7z": (("Job", f"backup-{minutes - 5}"), {}, ("CronJob", "backup")),
+        # named like a CronJob's but with a date, not minutes since the epoch: a plain Job
+        "migrate-20240101-abcde": (("Job", "migrate-20240101"), {}, ("Job", "migrate-20240101")),
+        "once-abcde": (("Job", "once"), {}, ("Job", "once")),
+        "etcd-node-a": (("Node", "node-a"), {}, ("Node", "node-a")),
+        "bare": (None, {}, ("", "")),
+    }
+    uids = {name: api.add_pod(name, "shop", labels=labels, owner=owner)["metadata"]["uid"]
+            for name, (owner, labels, _) in cases.items()}
+    w = start()
+    assert w.wait_synced(3)
+    for name, (_, _, want) in cases.items():
+        meta = w.index.get(uids[name])
+        assert (meta.workload_kind, meta.workload) == want, name
+
+    registry = CollectorRegistry()
+    registry.register(PodCollector(w.index, w, ()))
+    info = {s.labels["pod"]: s.labels for f in text_string_to_metric_families(
+        exposition.render(registry).decode()) for s in f.samples if s.name == names.POD_INFO}
+    assert {pod: (labels["workload_kind"], labels["workload"]) for pod, labels in info.items()
+            } == {name: want for name, (_, _, want) in cases.items()}
+
+    # a pod created later arrives through the watch with its workload
+    late = api.add_pod("web-5d8f7c9b4-late1", "shop", labels={"pod-template-hash": "5d8f7c9b4"},
+                       owner=("ReplicaSet", "web-5d8f7c9b4"))["metadata"]["uid"]
+    assert wait_for(lambda: w.index.get(late) is not None)
+    assert (w.index.get(late).workload_kind, w.index.get(late).workload) == ("Deployment", "web")
+
+
+def test_workload_of_edge_cases():
+    from exporter.kube import workload_of
+    now = 1_800_000_000.0   # 2027-01-15
+    job = lambda name: {"ownerReferences": [{"kind": "Job", "name": name, "controller": True}]}
+    assert workload_of(job(f"nightly-{int(now // 60)}"), now) == ("CronJob", "nightly")
+    assert workload_of(job(f"nightly-{int(now // 60) + 3 * 1440}"), now) == (
+        "Job", f"nightly-{int(now // 60) + 3 * 1440}")   # in the future: not a schedule
+    assert workload_of(job("a-b-29134560"), now) == ("CronJob", "a-b")
+    # the controller reference wins over other owners
+    md = {"ownerReferences": [{"kind": "ConfigMap", "name": "x"},
+                              {"kind": "StatefulSet", "name": "s", "controller": True}]}
+    assert workload_of(md) == ("StatefulSet", "s")
+    assert workload_of({"ownerReferences": [{"kind": "Foo", "name": "f"}]}) == ("Foo", "f")
+    rs = {"ownerReferences": [{"kind": "ReplicaSet", "name": "-abc", "controller": True}],
+          "labels": {"pod-template-hash": "abc"}}
+    assert workload_of(rs) == ("ReplicaSet", "-abc")
+    assert workload_of({}) == ("", "") and workload_of({"ownerReferences": None}) == ("", "")

@@ -301,7 +301,7 @@ def podmonitor_scrape_config(pod, target: str) -> dict:
 def test_prometheus_with_the_podmonitors_relabelling_keeps_the_pods_labels(rig):
     pod, _, sidecar = rig
     with PrometheusServer([], rule_files=(),
-                          scrape_configs=[podmonitor_scrape_config(pod, sidecar.target)]) as prom:
+                          extra_jobs=[podmonitor_scrape_config(pod, sidecar.target)]) as prom:
         metric = names.NET_TRANSMIT_BYTES + "_total"
         prom.wait_for(lambda: prom.result(metric), 60, what=f"{metric} in Prometheus")
         series = [r["metric"] for r in prom.result('{__name__=~"podsnoop_.*"}')]

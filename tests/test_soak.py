@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from exporter import names
+from exporter.links import MAX_RETRY_SECONDS
 from conftest import our_filters, run_exporter
 from soak_helpers import Scraper, ThreadSafePodFactory, net_keys, rss_kb, syscall_keys
 from test_network import wait_for
@@ -35,7 +36,11 @@ WAVE_SIZE = 25       # pods per wave: at most SURVIVORS + WAVE_SIZE = 30 alive a
 GETSID_EVERY = 10    # every 10th pod of a wave also runs an exact getsid workload
 GETSID_CALLS = 200
 PINGS = 2
-LABEL_TIMEOUT = 5.0   # a new pod's counters must carry its own pod_uid within this
+# A new pod's counters must carry its own pod_uid within this. Not a speed target (the
+# seconds each wave took are printed): the bound of the mechanism, links.py retrying
+# unresolved links with a backoff capped at MAX_RETRY_SECONDS, plus slack for a busy
+# machine. (5 s failed on a loaded shared machine: a wave then took 23 s to create.)
+LABEL_TIMEOUT = MAX_RETRY_SECONDS + 10.0
 RSS_SLACK_KB = 20 * 1024
 
 

@@ -163,6 +163,31 @@ def connect(pod, port: int, n: int = 1) -> None:
               "timeout=10).close()"])
 
 
+def timed_connects(pod, port: int, n: int = 1) -> list[float]:
+    """n connects from the pod, each timed by the pod's process around its connect()
+    (CLOCK_MONOTONIC, the clock the BPF program reads too)."""
+    r = pod.exec(["python3", "-c", "import socket, time\n"
+                  f"for _ in range({n}):\n"
+                  "    t = time.monotonic()\n"
+                  f"    s = socket.create_connection(('{pod.host_ip}', {port}), timeout=10)\n"
+                  "    print(time.monotonic() - t)\n"
+                  "    s.close()"])
+    return [float(x) for x in r.stdout.split()]
+
+
+def assert_within_wall_times(d: dict, walls: list[float]) -> None:
+    """The kernel times each connect from SYN_SENT to ESTABLISHED, both inside the pod's
+    connect() call, so each observation is at most that call's wall time: every bucket holds
+    at least the connects whose wall time fits in it, and the _sum is at most theirs. A
+    relative order, not a wall-clock threshold: true on a busy machine too, and it still
+    fails when the kernel measures wrong (units, clock, a missed ESTABLISHED)."""
+    assert d["count"] == len(walls)
+    for le in (*CONNECT_BUCKETS, float("inf")):
+        fit = sum(1 for w in walls if w <= le)
+        assert d[float(le)] >= fit, (le, d, walls)
+    assert 0 < d["sum"] <= sum(walls), (d["sum"], walls)
+
+
 def histogram(m, pod) -> dict:
     """le -> cumulative count, plus _count and _sum, of one pod."""
     out = {float(lab["le"]): v for lab, v in m.samples.get(HIST + "_bucket", [])
@@ -177,46 +202,52 @@ def delta(after: dict, before: dict) -> dict:
 
 
 def test_fast_connects_are_counted_in_low_buckets(exporter, pod, server):
+    """Each connect lands in a bucket no higher than its own connect() call's wall time
+    (measured in the pod): across one veth that is the lowest buckets on a quiet machine,
+    and still a true statement on a busy one."""
     before = histogram(exporter.metrics(), pod)
-    connect(pod, server, 20)
+    walls = timed_connects(pod, server, 20)
     d = delta(histogram(exporter.metrics(), pod), before)
-    assert d["count"] == 20
-    assert d[0.01] == 20, d  # a connect across one veth takes well under 10 ms
-    assert 0 < d["sum"] < 20 * 0.01
+    assert_within_wall_times(d, walls)
     labels = exporter.metrics().series(HIST + "_count", pod_uid=pod.uid)
     assert labels == [{"namespace": "", "pod": "", "pod_uid": pod.uid}]
+    print(f"\n20 connects: kernel mean {d['sum'] / 20 * 1e3:.3f} ms, connect() calls mean "
+          f"{sum(walls) / 20 * 1e3:.3f} ms, {d[0.01]:.0f} in the <= 10 ms bucket")
 
 
 def test_injected_50ms_delay_lands_in_the_right_bucket(exporter, pod, server, impair):
     """Each SYN-ACK reaches the pod 50 ms late (a delay line on the host veth): every
-    connect must be in (50 ms, 100 ms], and the exact _sum says by how much."""
+    connect must be above 50 ms and in (50 ms, 100 ms] unless its own connect() call took
+    longer, and the exact _sum says by how much."""
     impair.delay_synacks(pod, server, 0.050)
     before = histogram(exporter.metrics(), pod)
-    connect(pod, server, 5)
+    walls = timed_connects(pod, server, 5)
     d = delta(histogram(exporter.metrics(), pod), before)
     assert impair.delayed == 5
-    assert d["count"] == 5
-    assert d[0.05] == 0 and d[0.1] == 5, d
+    # none faster than the injected delay; each no slower than its connect() call, so all
+    # in (50 ms, 100 ms] whenever the calls took under 100 ms (the machine's load can only
+    # make the calls, and with them the allowed buckets, longer)
+    assert d[0.05] == 0, d
+    assert_within_wall_times(d, walls)
     mean = d["sum"] / 5
-    assert 0.050 <= mean < 0.1, mean
+    assert 0.050 <= mean, mean
     print(f"\nSYN-ACK delayed 50 ms: mean connect latency measured {mean * 1000:.2f} ms "
           f"over 5 connects")
 
 
 def test_lost_syn_lands_in_the_right_bucket(exporter, pod, server, impair):
     """The first SYN is dropped: the connect completes on the SYN retransmission, after the
-    kernel's initial RTO of 1 s. That observation must be in (1 s, 2.5 s]."""
+    kernel's initial RTO of 1 s. That observation must be above 1 s, and in (1 s, 2.5 s]
+    unless the connect() call itself took longer."""
     impair.attach(pod)
     impair.set(proto=socket.IPPROTO_TCP, port=server, syn_drops=1)
     before = histogram(exporter.metrics(), pod)
-    start = time.monotonic()
-    connect(pod, server)
-    took = time.monotonic() - start
+    (took,) = timed_connects(pod, server)
     d = delta(histogram(exporter.metrics(), pod), before)
     assert impair.dropped() == 1
-    assert d["count"] == 1
-    assert d[1.0] == 0 and d[2.5] == 1, d
-    assert 1.0 <= d["sum"] < min(took, 1.2), (d["sum"], took)
+    assert d[1.0] == 0, d          # not before the retransmission timer
+    assert_within_wall_times(d, [took])
+    assert 1.0 <= d["sum"] <= took, (d["sum"], took)
     print(f"\nconnect with the first SYN dropped: measured {d['sum'] * 1000:.1f} ms "
           f"(injected: initial RTO 1000 ms), connect() call {took * 1000:.1f} ms")
 

@@ -10,7 +10,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .. import names
 from ..kube import sanitize_label_name
 
-INFO_LABELS = ("namespace", "pod", "pod_uid", "node")
+# workload_kind, workload: the pod's Deployment, StatefulSet, DaemonSet, CronJob, Job...
+# (kube.workload_of), for `sum by (workload) (... * on(pod_uid) group_left(workload) ...)`.
+INFO_LABELS = names.POD_INFO_LABELS
 
 
 class PodCollector:
@@ -34,6 +36,7 @@ class PodCollector:
         info, restarts = self._families()
         for meta in self.index.all():
             info.add_metric([meta.namespace, meta.name, meta.uid, meta.node,
+                             meta.workload_kind, meta.workload,
                              *(meta.labels.get(n, "") for n in self.label_names)], 1)
         yield info
         if self.watcher is not None:  # a sidecar knows its pod from the downward API
