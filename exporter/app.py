@@ -204,7 +204,8 @@ async def run(cfg: Config) -> int:
     identity = pod_identity(cfg.pod_info_dir) if mode == "sidecar" else None
     log.info("mode: %s (%s)%s", mode, why,
              f"; pod {identity.namespace}/{identity.name} uid {identity.uid}" if identity else "")
-    bpfload.preflight(need_tracefs=cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops)
+    bpfload.preflight(need_tracefs=bool(cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops
+                                        or cfg.programs))
     health = Health(mode=mode)
     registry = CollectorRegistry(auto_describe=True)
     execs = ExecLogEndpoint()
@@ -285,6 +286,17 @@ async def run(cfg: Config) -> int:
             drops_bpf = load_drop_programs(cfg, sidecar=identity is not None)
             programs.update(bpfload.program_fds(drops_bpf, "drops"))
             cleanups.append(drops_bpf.cleanup)
+        # --- user programs (issue 14) ------------------------------------------------
+        if cfg.programs:
+            from .programs.manager import ProgramManager, reserved_names
+            user_programs = ProgramManager(scope, resolver, labeler, pod_index,
+                                           cfg.grace_seconds, lambda: links,
+                                           reserved_names(collectors))
+            cleanups.append(user_programs.close)
+            user_programs.load_dir(cfg.programs)
+            syncs.append(user_programs)
+            collectors["user_programs"] = user_programs
+        # --- end user programs ---------------------------------------------------------
         async with AsyncIPRoute() as ipr:
             attacher = choose_attacher(cfg, TcAttacher(ipr, tc_programs, cfg.tc_priority))
             if identity is None:

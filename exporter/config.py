@@ -86,6 +86,7 @@ class Config:
     bpf_stats: bool = True
     syscall_latency: bool = True
     pod_info_dir: str = "/etc/podinfo"
+    programs: str | None = None  # user programs (issue 14)
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -228,6 +229,10 @@ FLAGS = [
      "holdSeconds wins)", {}),
     ("--resize-min-interval", "PODSNOOP_RESIZE_MIN_INTERVAL", "5", seconds,
      "minimum seconds between two resizes of the same container", {}),
+    # User programs (issue 14).
+    ("--programs", "PODSNOOP_PROGRAMS", None, str,
+     "directory of user programs, <name>.bpf.c (bcc C) + <name>.yaml (ebpf_exporter's "
+     "config format), each loaded at start and exported as podsnoop_<metric>", {}),
 ]
 
 
@@ -294,4 +299,4 @@ def parse(argv: list[str] | None = None) -> Config:
                   resize_min_interval=a.resize_min_interval, mode=a.mode,
                   tc_attach=a.tc_attach, bpf_stats=a.bpf_stats,
                   syscall_latency=a.syscall_latency,
-                  pod_info_dir=a.pod_info_dir)
+                  pod_info_dir=a.pod_info_dir, programs=a.programs)
