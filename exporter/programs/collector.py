@@ -42,6 +42,13 @@ def _value(v) -> int:
     return int(getattr(v, "value", v))
 
 
+def _raw(table, key) -> bytes:
+    """A key's bytes (bcc's batch read gives plain ints for integer keys)."""
+    if isinstance(key, int):
+        return bytes(table.Key(key))
+    return bytes(key)
+
+
 class _MetricState:
     def __init__(self, metric: Metric, table):
         self.m = metric
@@ -64,7 +71,7 @@ def check_maps(spec: ProgramSpec, bpf) -> list[_MetricState]:
     states = []
     for m in spec.metrics:
         try:
-            table = bpf[m.name]
+            table = bpf[m.name.encode()]
         except KeyError:
             raise SpecError(f"program {spec.name}: bad spec: the C defines no map named "
                             f"{m.name} for the metric of that name",
@@ -145,7 +152,7 @@ class ProgramCollector:
     # -- one scrape --------------------------------------------------------------------
     def _take(self, st: _MetricState) -> None:
         from ..collectors.bpfmaps import read_items
-        rows = [(bytes(k), _value(v), k) for k, v in read_items(st.table)]
+        rows = [(_raw(st.table, k), _value(v), k) for k, v in read_items(st.table)]
         owners = self._owners(st, [r for r, _, _ in rows])
         deltas: list[tuple[tuple, int]] = []
         for raw, value, key in rows:
@@ -155,7 +162,7 @@ class ProgramCollector:
             if drop:
                 st.last.pop(raw, None)
                 try:
-                    del st.table[key]
+                    del st.table[key if not isinstance(key, int) else st.table.Key(key)]
                 except KeyError:
                     pass
             else:

@@ -53,20 +53,23 @@ class ProgramError(PodsnoopError):
 
 def _classify_bcc_failure(program: str, text: str, failure: Exception) -> ProgramError:
     lines = text.splitlines()
+    msg = str(failure)
+    if "Failed to load" in msg or "bpf_prog_load" in msg:
+        # The verifier's log goes to stderr: its last statement is the reason, and the
+        # kernel sometimes adds a HINT, which is the best fix there is.
+        why = next((ln.strip() for ln in reversed(lines) if ln.strip() and
+                    not ln.startswith(("processed", "HINT", "Loading", "verification time",
+                                       "stack depth", "mark_precise"))), msg)
+        hint = next((ln.removeprefix("HINT:").strip() for ln in lines
+                     if ln.startswith("HINT:")), "")
+        return ProgramError(program, "verifier", f"program {program}: rejected by the "
+                            f"kernel's verifier: {why}",
+                            hint or f"fix {program}.bpf.c: check pointers from map lookups "
+                            "for NULL, bound loops and reads")
     first = next((ln for ln in lines if re.search(r"\berror\b|fatal", ln, re.I)), "")
     if first:
         return ProgramError(program, "compile", f"program {program}: compile error: "
                             f"{first.strip()}", f"fix {program}.bpf.c (bcc C)")
-    msg = str(failure)
-    if "Failed to load" in msg or "load BPF program" in msg or "bpf_prog_load" in msg:
-        # The verifier's last words are the reason (its log goes to stderr).
-        why = next((ln.strip() for ln in reversed(lines) if ln.strip() and
-                    not ln.startswith(("processed", "HINT", "Loading", "verification time",
-                                       "stack depth", "mark_precise"))), msg)
-        return ProgramError(program, "verifier", f"program {program}: rejected by the "
-                            f"kernel's verifier: {why}",
-                            f"fix {program}.bpf.c: check pointers before use, bound loops "
-                            "and reads")
     return ProgramError(program, "attach" if "attach" in msg.lower() else "compile",
                         f"program {program}: {msg.splitlines()[0] if msg else 'failed'}",
                         f"fix {program}.bpf.c or its attach points")
@@ -217,7 +220,7 @@ class ProgramManager:
                                        f"fix {u.function} in {name}.bpf.c")
             collector = ProgramCollector(spec, bpf, self.resolver, self.labeler, self.links,
                                          self.grace_seconds)
-            root_sync = RootSync(bpf["kubepods_roots"], self.scope, level)
+            root_sync = RootSync(bpf[b"kubepods_roots"], self.scope, level)
             root_sync.sync()
             program = Program(spec, bpf, collector, root_sync)
             self._sync_selected(program)
@@ -279,7 +282,7 @@ class ProgramManager:
 
     def _sync_selected(self, program: Program) -> None:
         import ctypes
-        table = program.bpf["podsnoop_selected_cgroups"]
+        table = program.bpf[b"podsnoop_selected_cgroups"]
         want = self._selected_ids(program.spec.selector)
         have = {int(k.value) for k in table.keys()}
         for cid in have - want:
