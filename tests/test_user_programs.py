@@ -290,12 +290,12 @@ def _fds() -> dict[str, int]:
     return out
 
 
-def test_unloading_detaches_everything(factory, tmp_path, kernel):
+def test_unloading_detaches_everything(pods, tmp_path):
     from exporter.cgroups import CgroupResolver, find_cgroup2_mount
     from exporter.labels import PodLabeler
     from exporter.programs.manager import ProgramManager
-    pod = factory.create()
-    resolver = CgroupResolver(root=find_cgroup2_mount(), kubepods_roots=[str(factory.kubepods)])
+    pod = pods.create()
+    resolver = CgroupResolver(root=find_cgroup2_mount(), kubepods_roots=[str(pods.kubepods)])
     before = _fds()
     mgr = ProgramManager(resolver, resolver, PodLabeler())
     d = _dir(tmp_path, "shell-commands", "oom-kills")
@@ -303,8 +303,159 @@ def test_unloading_detaches_everything(factory, tmp_path, kernel):
     assert mgr.loaded == {"shell-commands": 1, "oom-kills": 1}
     loaded = _fds()
     assert loaded["prog"] > before["prog"] and loaded["perf"] > before["perf"]
-    assert sum(1 for ev, _ in mgr.programs["shell-commands"].uprobes.values() if ev) == 1
+    shell = mgr.programs["shell-commands"]
+    assert sum(1 for ev, _ in shell.uprobes.values() if ev) == 1
+    # No pod runs bash any more: its uprobe is detached on the next rescan.
+    pods.delete(pod)
+    resolver.rescan()
+    shell.last_rescan = float("-inf")
+    mgr.sync()
+    assert shell.uprobes == {}
+    assert _fds()["perf"] == loaded["perf"] - 1
     mgr.unload("shell-commands")
     mgr.unload("oom-kills")
     assert _fds() == before
-    assert pod
+
+
+# -- selector (podsnoop_selected) with Kubernetes names, histograms ---------------------
+SELECTED_C = r"""
+struct hkey { u64 cgroup_id; u64 bucket; };
+BPF_HASH(policy_calls_total, u64, u64, 256);
+BPF_HASH(policy_values, struct hkey, u64, 256);
+
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+    if (ctx->args[1] != 146 || !podsnoop_selected())  // sched_get_priority_max
+        return 0;
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), &regs->di);
+    u64 id = podsnoop_cgroup_id();
+    policy_calls_total.increment(id);
+    u64 k = 0;  // ceil(log2(v)), ebpf_exporter's exp2 key
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+        if ((1ULL << i) < v)
+            k = i + 1;
+    struct hkey key = {.cgroup_id = id, .bucket = k};
+    policy_values.increment(key);
+    key.bucket = 5;  // bucket_max + 1: the sum
+    policy_values.increment(key, v);
+    return 0;
+}
+"""
+SELECTED_YAML = """
+selector: {namespace: shop, matchLabels: {app: cart}}
+metrics:
+  counters:
+    - name: policy_calls_total
+      help: sched_get_priority_max calls of selected pods
+      labels:
+        - {name: container, size: 8, decoders: [{name: pod}]}
+  histograms:
+    - name: policy_values
+      help: the policy argument
+      bucket_type: exp2
+      bucket_min: 0
+      bucket_max: 4
+      bucket_multiplier: 1
+      labels:
+        - {name: container, size: 8, decoders: [{name: pod}]}
+        - {name: bucket, size: 8, decoders: [{name: uint}]}
+"""
+
+
+def _calls(values) -> list[str]:
+    return [sys.executable, "-c", "import ctypes; libc = ctypes.CDLL(None); "
+            f"[libc.syscall({SCHED_GET_PRIORITY_MAX}, v) for v in {list(values)!r}]"]
+
+
+def test_selector_histogram_and_kubernetes_names(pods, tmp_path):
+    from exporter.testapiserver import KubeApiServer
+    d = tmp_path / "programs"
+    d.mkdir()
+    (d / "selected.bpf.c").write_text(SELECTED_C)
+    (d / "selected.yaml").write_text(SELECTED_YAML)
+    cart, web = pods.create(), pods.create()
+    with KubeApiServer() as api:
+        for pod, labels in ((cart, {"app": "cart"}), (web, {"app": "web"})):
+            api.add_pod(pod.name, "shop", "node-a", uid=pod.uid, labels=labels,
+                        containers={c.name: c.id for c in pod.containers.values()})
+        e = run_exporter(pods, "--kube", "auto", "--kubeconfig", str(api.kubeconfig_path),
+                         "--node-name", "node-a", "--pod-labels", "app",
+                         "--programs", str(d), *QUIET)
+        try:
+            # the pod cgroup and its container's: the selected map holds exactly cart's
+            wait_for(lambda: e.metrics().value("podsnoop_program_selected_cgroups",
+                                               program="selected") == 2,
+                     what="cart's cgroups selected", timeout=30)
+            values = [1] * 3 + [4] * 4 + [5] * 2
+            for pod in (cart, web):
+                pod.exec(_calls(values))
+            name = "podsnoop_policy_calls_total"
+            wait_for(lambda: e.metrics().value(name) >= 9, what="9 calls")
+            m = e.metrics()
+            assert m.value(name, namespace="shop", pod=cart.name, container="app") == 9
+            assert m.value(name, pod_uid=web.uid) == 0
+            h = "podsnoop_policy_values"
+            buckets = {s["le"]: v for s, v in m.samples[h + "_bucket"]
+                       if s["pod_uid"] == cart.uid}
+            assert buckets == {"1.0": 3, "2.0": 3, "4.0": 7, "8.0": 9, "16.0": 9, "+Inf": 9}
+            assert m.value(h + "_count", pod_uid=cart.uid) == 9
+            assert m.value(h + "_sum", pod_uid=cart.uid) == 3 * 1 + 4 * 4 + 2 * 5
+        finally:
+            assert e.stop() == 0
+
+
+def test_pod_interface_decoder_and_series_cap(factory, tmp_path, kernel):
+    """A map keyed by ifindex, filled from userspace (no packet tracepoint gives an
+    ifindex without kernel struct offsets), read through the real bcc map."""
+    import ctypes
+    from exporter.cgroups import CgroupResolver, find_cgroup2_mount
+    from exporter.labels import PodLabeler
+    from exporter.links import PodLink
+    from exporter.programs.manager import ProgramManager
+    pod = factory.create()
+    d = tmp_path / "programs"
+    d.mkdir()
+    (d / "ifs.bpf.c").write_text("BPF_HASH(if_events_total, u32, u64, 64);\n")
+    (d / "ifs.yaml").write_text(
+        "series_cap: 2\nmetrics: {counters: [{name: if_events_total, labels: "
+        "[{name: interface, size: 4, decoders: [{name: pod_interface}]}]}]}\n")
+    (d / "caps.bpf.c").write_text("BPF_HASH(cap_events_total, u64, u64, 64);\n")
+    (d / "caps.yaml").write_text(
+        "series_cap: 2\nmetrics: {counters: [{name: cap_events_total, labels: "
+        "[{name: n, size: 8, decoders: [{name: uint}]}]}]}\n")
+
+    class Links:
+        links = {pod.host_ifindex(): PodLink(pod.host_ifindex(), pod.host_if, 0, pod.uid)}
+
+    resolver = CgroupResolver(root=find_cgroup2_mount(), kubepods_roots=[str(factory.kubepods)])
+    mgr = ProgramManager(resolver, resolver, PodLabeler(), links=lambda: Links)
+    mgr.load_dir(str(d))
+    try:
+        table = mgr.programs["ifs"].bpf[b"if_events_total"]
+        for idx, n in ((pod.host_ifindex(), 5), (1, 2), (99999, 3), (99998, 4)):
+            table[table.Key(idx)] = ctypes.c_uint64(n)
+        fams = {f.name: f for f in mgr.collect()}
+        got = {tuple(sorted(s.labels.items())): s.value
+               for s in fams["podsnoop_if_events"].samples}
+        pod_key = tuple(sorted({"namespace": "", "pod": "", "pod_uid": pod.uid,
+                                "interface": pod.host_if}.items()))
+        host_key = tuple(sorted({"namespace": "", "pod": "", "pod_uid": "",
+                                 "interface": ""}.items()))
+        assert got == {pod_key: 5, host_key: 2 + 3 + 4}  # other interfaces: empty labels
+        caps = {s.labels["collector"]: s.value
+                for s in fams["podsnoop_series_cap_dropped"].samples}
+        assert caps == {"program:ifs": 0, "program:caps": 0}
+        table = mgr.programs["caps"].bpf[b"cap_events_total"]
+        for k in (1, 2, 3):
+            table[table.Key(k)] = ctypes.c_uint64(10 * k)
+        fams = {f.name: f for f in mgr.collect()}
+        got = {s.labels["n"]: s.value for s in fams["podsnoop_cap_events"].samples}
+        assert len(got) == 3 and "other" in got and sum(got.values()) == 60
+        caps = {s.labels["collector"]: s.value
+                for s in fams["podsnoop_series_cap_dropped"].samples}
+        assert caps == {"program:ifs": 0, "program:caps": 1}
+    finally:
+        mgr.close()

@@ -41,6 +41,7 @@ INCLUDE_RE = re.compile(r'^\s*#\s*include\s*[<"]podsnoop\.h[>"].*$', re.M)
 PROGRAM_LOADED = "podsnoop_program_loaded"
 PROGRAM_ERRORS = "podsnoop_program_errors"
 PROGRAM_UPROBES = "podsnoop_program_uprobes_attached"
+PROGRAM_SELECTED = "podsnoop_program_selected_cgroups"
 REASONS = ("spec", "compile", "verifier", "maps", "name_conflict", "attach", "internal")
 
 
@@ -85,6 +86,7 @@ class Program:
         self.root_sync = root_sync
         self.uprobes: dict[tuple, tuple[bytes, str]] = {}  # (probe i, dev, ino) -> ev name
         self.last_rescan = float("-inf")
+        self.selected = 0  # cgroup ids in podsnoop_selected_cgroups
 
     def close(self) -> None:
         for ev_name, _ in list(self.uprobes.values()):
@@ -292,6 +294,7 @@ class ProgramManager:
                 pass
         for cid in list(want - have)[:SELECTED_MAX]:
             table[table.Key(cid)] = ctypes.c_uint8(1)
+        program.selected = min(len(want), SELECTED_MAX)
 
     def _pod_files(self, binary: str) -> dict[tuple[int, int], str]:
         """(dev, inode) -> a path to it, of every file that pods' processes run as
@@ -392,6 +395,9 @@ class ProgramManager:
                                      "attach, by reason.", labels=["program", "reason"])
         uprobes = GaugeMetricFamily(PROGRAM_UPROBES, "Files a user program's uprobes are "
                                     "attached to.", labels=["program"])
+        selected = GaugeMetricFamily(PROGRAM_SELECTED, "Cgroups podsnoop_selected() is true "
+                                     "for (pods matching the program's selector).",
+                                     labels=["program"])
         cap = CounterMetricFamily(names.SERIES_CAP_DROPPED,
                                   'Series folded into "other" by a series cap.',
                                   labels=["collector"])
@@ -402,9 +408,10 @@ class ProgramManager:
                 errors.add_metric([name, reason], n)
             for name, p in sorted(self.programs.items()):
                 cap.add_metric([f"program:{name}"], p.collector.cap_dropped)
+                selected.add_metric([name], p.selected)
                 if p.spec.uprobes:
                     uprobes.add_metric([name], sum(1 for ev, _ in p.uprobes.values() if ev))
-        return [loaded, errors, uprobes, cap]
+        return [loaded, errors, uprobes, selected, cap]
 
     def describe(self):
         with self._lock:
@@ -431,7 +438,7 @@ def reserved_names(collectors: dict) -> set[str]:
            and v.startswith("podsnoop_") and not k.startswith(("SYSCALL", "EXEC", "TCP",
                                                                    "CONTAINER_NET",
                                                                    "RESIZE"))}
-    out |= {PROGRAM_LOADED, PROGRAM_ERRORS, PROGRAM_UPROBES}
+    out |= {PROGRAM_LOADED, PROGRAM_ERRORS, PROGRAM_UPROBES, PROGRAM_SELECTED}
     for collector in collectors.values():
         try:
             out |= {f.name for f in collector.describe()}
