@@ -205,7 +205,7 @@ async def run(cfg: Config) -> int:
     log.info("mode: %s (%s)%s", mode, why,
              f"; pod {identity.namespace}/{identity.name} uid {identity.uid}" if identity else "")
     bpfload.preflight(need_tracefs=bool(cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops
-                                        or cfg.programs))
+                                        or cfg.programs or cfg.program_crds))
     health = Health(mode=mode)
     registry = CollectorRegistry(auto_describe=True)
     execs = ExecLogEndpoint()
@@ -287,13 +287,16 @@ async def run(cfg: Config) -> int:
             programs.update(bpfload.program_fds(drops_bpf, "drops"))
             cleanups.append(drops_bpf.cleanup)
         # --- user programs (issue 14) ------------------------------------------------
-        if cfg.programs:
-            from .programs.manager import ProgramManager, reserved_names
+        if cfg.programs or cfg.program_crds:
+            from .programs.manager import ProgramManager, reserved_names, start_crd_watcher
             user_programs = ProgramManager(scope, resolver, labeler, pod_index,
                                            cfg.grace_seconds, lambda: links,
                                            reserved_names(collectors))
             cleanups.append(user_programs.close)
-            user_programs.load_dir(cfg.programs)
+            if cfg.programs:
+                user_programs.load_dir(cfg.programs)
+            if cfg.program_crds:
+                cleanups.append(start_crd_watcher(cfg, user_programs).stop)
             syncs.append(user_programs)
             collectors["user_programs"] = user_programs
         # --- end user programs ---------------------------------------------------------

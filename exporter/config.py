@@ -87,6 +87,7 @@ class Config:
     syscall_latency: bool = True
     pod_info_dir: str = "/etc/podinfo"
     programs: str | None = None  # user programs (issue 14)
+    program_crds: bool = False
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -233,6 +234,9 @@ FLAGS = [
     ("--programs", "PODSNOOP_PROGRAMS", None, str,
      "directory of user programs, <name>.bpf.c (bcc C) + <name>.yaml (ebpf_exporter's "
      "config format), each loaded at start and exported as podsnoop_<metric>", {}),
+    ("--program-crds", "PODSNOOP_PROGRAM_CRDS", "off", on_off,
+     "load, replace and unload user programs live from PodsnoopProgram objects "
+     "(podsnoop.io/v1alpha1, cluster-scoped; needs --kube auto and list/watch on them)", {}),
 ]
 
 
@@ -299,4 +303,5 @@ def parse(argv: list[str] | None = None) -> Config:
                   resize_min_interval=a.resize_min_interval, mode=a.mode,
                   tc_attach=a.tc_attach, bpf_stats=a.bpf_stats,
                   syscall_latency=a.syscall_latency,
-                  pod_info_dir=a.pod_info_dir, programs=a.programs)
+                  pod_info_dir=a.pod_info_dir, programs=a.programs,
+                  program_crds=a.program_crds)

@@ -42,6 +42,7 @@ MODELS = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
     ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "V1CustomResourceDefinition",
 }
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
@@ -287,7 +288,7 @@ def _listed(kust: dict) -> set[str]:
     return files
 
 
-@pytest.mark.parametrize("sub", ["", "privileged", "sidecar", "sidecar/read-own-pod"])
+@pytest.mark.parametrize("sub", ["", "privileged", "sidecar", "sidecar/read-own-pod", "programs"])
 def test_kustomization_lists_every_file_in_its_directory(sub):
     d = DEPLOY / sub
     kust = load(d / "kustomization.yaml")[0]

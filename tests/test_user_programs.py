@@ -459,3 +459,68 @@ def test_pod_interface_decoder_and_series_cap(factory, tmp_path, kernel):
         assert caps == {"program:ifs": 0, "program:caps": 1}
     finally:
         mgr.close()
+
+
+# -- PodsnoopProgram objects, live ----------------------------------------------------
+def _crd_spec(name: str, metric: str, syscall: int) -> dict:
+    import yaml
+    source = (f"BPF_HASH({metric}, u64, u64, 256);\n"
+              "RAW_TRACEPOINT_PROBE(sys_enter)\n{\n"
+              f"    if (ctx->args[1] != {syscall} || !podsnoop_in_pod())\n        return 0;\n"
+              f"    u64 id = podsnoop_cgroup_id();\n    {metric}.increment(id);\n"
+              "    return 0;\n}\n")
+    spec = yaml.safe_load(f"""
+metrics:
+  counters:
+    - name: {metric}
+      help: calls
+      labels:
+        - {{name: container, size: 8, decoders: [{{name: pod}}]}}
+""")
+    return {"source": source, **spec}
+
+
+def test_program_crds_load_replace_and_unload_live(pods, tmp_path):
+    from exporter.testapiserver import KubeApiServer
+    pod = pods.create()
+    with KubeApiServer() as api:
+        api.add_pod(pod.name, "shop", "node-a", uid=pod.uid,
+                    containers={c.name: c.id for c in pod.containers.values()})
+        api.put_program("calls", _crd_spec("calls", "crd_calls_total", 146))
+        e = run_exporter(pods, "--kube", "auto", "--kubeconfig", str(api.kubeconfig_path),
+                         "--node-name", "node-a", "--program-crds", "on", *QUIET)
+        try:
+            loaded = lambda n: e.metrics().value("podsnoop_program_loaded", program=n)  # noqa
+            wait_for(lambda: loaded("calls") == 1, what="the program from its object")
+            pod.exec(_calls([0] * 7))
+            wait_for(lambda: e.metrics().value("podsnoop_crd_calls_total", pod=pod.name) >= 7,
+                     what="7 calls")
+            assert e.metrics().value("podsnoop_crd_calls_total", pod=pod.name) == 7
+            # replaced: a new metric name; the old one's series go with the old program
+            api.put_program("calls", _crd_spec("calls", "crd_calls2_total", 146))
+            wait_for(lambda: "podsnoop_crd_calls2_total" in e.metrics().text,
+                     what="the replaced program")
+            pod.exec(_calls([0] * 5))
+            wait_for(lambda: e.metrics().value("podsnoop_crd_calls2_total", pod=pod.name) >= 5,
+                     what="5 calls")
+            m = e.metrics()
+            assert m.value("podsnoop_crd_calls2_total", pod=pod.name) == 5
+            assert "podsnoop_crd_calls_total" not in m.text
+            # a broken object: one error, the rest runs on
+            bad = _crd_spec("broken", "crd_broken_total", 146)
+            bad["metrics"]["counters"][0]["labels"][0]["decoders"] = [{"name": "wat"}]
+            api.put_program("broken", bad)
+            wait_for(lambda: e.metrics().value("podsnoop_program_errors_total",
+                                               program="broken", reason="spec") == 1,
+                     what="the broken object's error")
+            # deleted: unloaded, its maps and attachments gone
+            api.delete_program("calls")
+            wait_for(lambda: "podsnoop_crd_calls2_total" not in e.metrics().text,
+                     what="the program unloaded")
+            assert loaded("calls") == 0 and not e.metrics().series(
+                "podsnoop_program_loaded", program="calls")
+        finally:
+            assert e.stop() == 0
+        out = e.output()
+        assert "Traceback" not in out
+        assert len([ln for ln in out.splitlines() if "program broken not loaded" in ln]) == 1

@@ -157,8 +157,8 @@ class ProgramManager:
         name = spec.name
         with self._lock:
             old = self.programs.pop(name, None)
-        if old is not None:
-            self._close(name, old)
+            if old is not None:
+                self._close(name, old)
         try:
             program = self._build(spec, source)
         except ProgramError as e:
@@ -250,9 +250,9 @@ class ProgramManager:
         with self._lock:
             program = self.programs.pop(name, None)
             self.loaded.pop(name, None)
-        if program is None:
-            return False
-        self._close(name, program)
+            if program is None:
+                return False
+            self._close(name, program)
         log.info("program %s unloaded", name)
         return True
 
@@ -374,18 +374,20 @@ class ProgramManager:
     def sync(self) -> None:
         """Once a second (app.sync_feature_maps): kubepods roots, selected cgroups, and
         the uprobe rescan."""
-        with self._lock:
-            programs = list(self.programs.values())
         now = time.monotonic()
-        for p in programs:
+        with self._lock:  # a program unloaded by the CRD watcher meanwhile is not synced
+            self._sync_all(now)
+
+    def _sync_all(self, now: float) -> None:
+        for p in list(self.programs.values()):
             try:
                 p.root_sync.sync()
                 self._sync_selected(p)
                 if p.spec.uprobes and now - p.last_rescan >= UPROBE_RESCAN_SECONDS:
                     self.resolver.rescan(full=False)
                     self._rescan_uprobes(p)
-            except Exception:
-                log.exception("program %s: syncing failed", p.spec.name)
+            except Exception as e:
+                log.error("program %s: syncing failed: %s", p.spec.name, e)
 
     # -- metrics -----------------------------------------------------------------------
     def _self_families(self):
@@ -445,3 +447,15 @@ def reserved_names(collectors: dict) -> set[str]:
         except Exception:
             pass
     return out
+
+
+def start_crd_watcher(cfg, manager: ProgramManager):
+    """The PodsnoopProgram watcher (--program-crds on), on its own API client."""
+    from .. import kube
+    from .crd import ProgramWatcher
+    if cfg.kube == "off" or kube.load_api_client(cfg.kube, cfg.kubeconfig) is None:
+        raise PodsnoopError("--program-crds on needs the Kubernetes API",
+                            "run with --kube auto in a cluster (or with --kubeconfig), or "
+                            "--program-crds off")
+    return ProgramWatcher(manager, lambda: kube.load_api_client(cfg.kube,
+                                                                cfg.kubeconfig)).start()

@@ -233,6 +233,10 @@ def parse(program: str, data) -> ProgramSpec:
         ret = bool(u.get("return", False))
         fn = u.get("function") or ("uretprobe_" if ret else "uprobe_") + u["symbol"]
         uprobes.append(Uprobe(u["binary"], u["symbol"], fn, ret))
+    unknown = set(data) - {"metrics", "attach", "selector", "series_cap", "kaddrs"}
+    if unknown:
+        _fail(program, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}",
+              "use metrics, attach, selector, series_cap")
     selector = data.get("selector")
     if selector is not None:
         if not isinstance(selector, dict) or not set(selector) <= {"namespace", "matchLabels"}:
@@ -241,7 +245,10 @@ def parse(program: str, data) -> ProgramSpec:
         if not isinstance(selector.get("matchLabels", {}), dict):
             _fail(program, "selector.matchLabels is not a mapping", "write matchLabels: {app: web}")
     cap = _int(program, "series_cap", data.get("series_cap", DEFAULT_SERIES_CAP), 1, 10**6)
-    kaddrs = tuple(data.get("kaddrs") or ())
+    if data.get("kaddrs"):
+        _fail(program, "kaddrs is not supported by podsnoop",
+              "drop kaddrs; read kernel addresses in the C another way")
+    kaddrs: tuple[str, ...] = ()
     return ProgramSpec(program, tuple(out), tuple(uprobes), selector, cap, kaddrs)
 
 
