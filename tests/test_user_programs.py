@@ -524,3 +524,27 @@ def test_program_crds_load_replace_and_unload_live(pods, tmp_path):
         out = e.output()
         assert "Traceback" not in out
         assert len([ln for ln in out.splitlines() if "program broken not loaded" in ln]) == 1
+
+
+def test_uprobe_on_a_missing_symbol_is_an_attach_error(pods, tmp_path, caplog):
+    from exporter.cgroups import CgroupResolver, find_cgroup2_mount
+    from exporter.labels import PodLabeler
+    from exporter.programs.manager import ProgramManager
+    pods.create()
+    d = _dir(tmp_path, "shell-commands")
+    y = d / "shell-commands.yaml"
+    y.write_text(y.read_text().replace("symbol: readline", "symbol: no_such_symbol_here\n"
+                                       "      function: uretprobe_readline"))
+    resolver = CgroupResolver(root=find_cgroup2_mount(), kubepods_roots=[str(pods.kubepods)])
+    mgr = ProgramManager(resolver, resolver, PodLabeler())
+    mgr.load_dir(str(d))
+    try:
+        assert mgr.loaded == {"shell-commands": 1}
+        assert mgr.errors == {("shell-commands", "attach"): 1}
+        mgr.programs["shell-commands"].last_rescan = float("-inf")
+        mgr.sync()  # not retried on the same file
+        assert mgr.errors == {("shell-commands", "attach"): 1}
+        lines = [r.getMessage() for r in caplog.records if "cannot attach" in r.getMessage()]
+        assert len(lines) == 1 and "no_such_symbol_here" in lines[0]
+    finally:
+        mgr.close()

@@ -210,7 +210,8 @@ class ProgramManager:
         try:
             for u in spec.uprobes:  # loaded (verified) now, attached per binary later
                 try:
-                    bpf.load_func(u.function.encode(), bcc.BPF.KPROBE)
+                    with bpfload._captured_stderr():  # the verifier's log: not for the user
+                        bpf.load_func(u.function.encode(), bcc.BPF.KPROBE)
                 except Exception as e:
                     if "not found" in str(e) or "Failed to load" not in str(e):
                         raise ProgramError(name, "spec", f"program {name}: uprobe function "
@@ -349,14 +350,17 @@ class ProgramManager:
                 if (i,) + fid in program.uprobes:
                     continue
                 try:
-                    real, addr = bcc.BPF._check_path_symbol(path.encode(), u.symbol.encode(),
-                                                            None, -1, 0)
-                    prefix = b"r" if u.ret else b"p"
-                    ev_name = program.bpf._get_uprobe_evname(prefix, real, addr, -1)
-                    attach = (program.bpf.attach_uretprobe if u.ret
-                              else program.bpf.attach_uprobe)
-                    attach(name=path.encode(), sym=u.symbol.encode(),
-                           fn_name=u.function.encode())
+                    with bpfload._captured_stderr():  # bcc's own complaints: logged below
+                        # bcc names the probe event after the path and address; kept to
+                        # detach it later, when the path (/proc/<pid>/root/...) may be gone
+                        real, addr = bcc.BPF._check_path_symbol(
+                            path.encode(), u.symbol.encode(), None, -1, 0)
+                        prefix = b"r" if u.ret else b"p"
+                        ev_name = program.bpf._get_uprobe_evname(prefix, real, addr, -1)
+                        attach = (program.bpf.attach_uretprobe if u.ret
+                                  else program.bpf.attach_uprobe)
+                        attach(name=path.encode(), sym=u.symbol.encode(),
+                               fn_name=u.function.encode())
                 except Exception as e:
                     key = (program.spec.name, "attach")
                     with self._lock:
