@@ -445,6 +445,12 @@ def test_pod_interface_decoder_and_series_cap(factory, tmp_path, kernel):
         host_key = tuple(sorted({"namespace": "", "pod": "", "pod_uid": "",
                                  "interface": ""}.items()))
         assert got == {pod_key: 5, host_key: 2 + 3 + 4}  # other interfaces: empty labels
+        # ...and their keys are drained (counted once, the map stays bounded)
+        assert [int(k.value) for k in table.keys()] == [pod.host_ifindex()]
+        table[table.Key(1)] = ctypes.c_uint64(1)
+        again = {tuple(sorted(s.labels.items())): s.value
+                 for s in {f.name: f for f in mgr.collect()}["podsnoop_if_events"].samples}
+        assert again == {pod_key: 5, host_key: 10}
         caps = {s.labels["collector"]: s.value
                 for s in fams["podsnoop_series_cap_dropped"].samples}
         assert caps == {"program:ifs": 0, "program:caps": 0}

@@ -9,7 +9,8 @@ counters only grow whatever happens to the keys (like collectors/cgroupdeltas.py
   gone cgroup's keys are deleted after their last increase; a gone pod's series are
   dropped after the grace period.
 - `pod_interface` keys are owned by the pod of a host veth (the link manager's links);
-  other interfaces count under empty labels.
+  other interfaces count under empty labels and their keys are drained; a pod whose veth
+  is gone has its series dropped after the grace period.
 - a label with `top: N` names its N most frequent values; the rest is "other".
 - at most `series_cap` label sets per program; the rest fold into one series whose labels
   are all "other", counted in podsnoop_series_cap_dropped_total{collector="program:<name>"}.
@@ -122,8 +123,12 @@ class ProgramCollector:
                 idx = int.from_bytes(field, "little")
                 mgr = self.links() if self.links else None
                 link = mgr.links.get(idx) if mgr is not None else None
-                parts.append(("if", link.pod_uid, link.name) if link and link.pod_uid
-                             else ("if", "", ""))
+                if link is not None and link.pod_uid:
+                    parts.append(("if", link.pod_uid, link.name))
+                    self._live[link.pod_uid] = self.clock()
+                else:  # not a pod's: counted under empty labels, its keys drained
+                    parts.append(("if", "", ""))
+                    drop = True
             elif st.m.kind == "histogram" and i == len(labels) - 1:
                 parts.append(int.from_bytes(field, "little"))
             else:
