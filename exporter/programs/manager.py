@@ -263,8 +263,13 @@ class ProgramManager:
 
     # -- keeping maps and attachments current -----------------------------------------
     def _selected_ids(self, selector) -> set[int]:
+        own = getattr(self.scope, "pod_uid", None)  # sidecar mode: only its own pod
+        if own is not None:
+            pods = {own: self.resolver.pods().get(own, [])}
+        else:
+            pods = self.resolver.pods()
         if selector is None:
-            return self.resolver.ids_of_pods()
+            return {i.cgroup_id for infos in pods.values() for i in infos}
         if self.pod_index is None:
             return set()
         ns = selector.get("namespace")
@@ -274,7 +279,7 @@ class ProgramManager:
         from ..kube import sanitize_label_name
         want = {sanitize_label_name(k.removeprefix("label_")): v for k, v in want.items()}
         ids = set()
-        for uid, infos in self.resolver.pods().items():
+        for uid, infos in pods.items():
             meta = self.pod_index.get(uid)
             if meta is None or (namespaces and meta.namespace not in namespaces):
                 continue
