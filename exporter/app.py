@@ -204,7 +204,8 @@ def own_pod_scope(resolver, identity: PodIdentity) -> OwnPod:
 async def run(cfg: Config) -> int:
     mode, why = (cfg.mode, "set by --mode") if cfg.mode != "auto" else detect_mode()
     identity = pod_identity(cfg.pod_info_dir) if mode == "sidecar" else None
-    bpfload.preflight(need_tracefs=cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops)
+    bpfload.preflight(need_tracefs=bool(cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops
+                                        or cfg.programs or cfg.program_crds))
     health = Health(mode=mode)
     registry = CollectorRegistry(auto_describe=True)
     execs = ExecLogEndpoint()
@@ -287,6 +288,20 @@ async def run(cfg: Config) -> int:
             drops_bpf = load_drop_programs(cfg, sidecar=identity is not None)
             programs.update(bpfload.program_fds(drops_bpf, "drops"))
             cleanups.append(drops_bpf.cleanup)
+        # --- user programs (issue 14) ------------------------------------------------
+        if cfg.programs or cfg.program_crds:
+            from .programs.manager import ProgramManager, reserved_names, start_crd_watcher
+            user_programs = ProgramManager(scope, resolver, labeler, pod_index,
+                                           cfg.grace_seconds, lambda: links,
+                                           reserved_names(collectors))
+            cleanups.append(user_programs.close)
+            if cfg.programs:
+                user_programs.load_dir(cfg.programs)
+            if cfg.program_crds:
+                cleanups.append(start_crd_watcher(cfg, user_programs).stop)
+            syncs.append(user_programs)
+            collectors["user_programs"] = user_programs
+        # --- end user programs ---------------------------------------------------------
         async with AsyncIPRoute() as ipr:
             attacher = choose_attacher(cfg, TcAttacher(ipr, tc_programs, cfg.tc_priority))
             if identity is None:

@@ -89,6 +89,8 @@ class Config:
     # Web conventions (issue 15).
     web_config_file: str | None = None
     max_requests: int = 40
+    programs: str | None = None  # user programs (issue 14)
+    program_crds: bool = False
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -237,6 +239,13 @@ FLAGS = [
      "format), read at start; applies to every endpoint but /healthz", {}),
     ("--max-requests", "PODSNOOP_MAX_REQUESTS", "40", bounded_int(0, 100000),
      "scrapes of /metrics answered at once; more get 503 at once (0: no limit)", {}),
+    # User programs (issue 14).
+    ("--programs", "PODSNOOP_PROGRAMS", None, str,
+     "directory of user programs, <name>.bpf.c (bcc C) + <name>.yaml (ebpf_exporter's "
+     "config format), each loaded at start and exported as podsnoop_<metric>", {}),
+    ("--program-crds", "PODSNOOP_PROGRAM_CRDS", "off", on_off,
+     "load, replace and unload user programs live from PodsnoopProgram objects "
+     "(podsnoop.io/v1alpha1, cluster-scoped; needs --kube auto and list/watch on them)", {}),
 ]
 
 
@@ -304,4 +313,5 @@ def parse(argv: list[str] | None = None) -> Config:
                   tc_attach=a.tc_attach, bpf_stats=a.bpf_stats,
                   syscall_latency=a.syscall_latency,
                   pod_info_dir=a.pod_info_dir,
-                  web_config_file=a.web_config_file, max_requests=a.max_requests)
+                  web_config_file=a.web_config_file, max_requests=a.max_requests,
+                  programs=a.programs, program_crds=a.program_crds)

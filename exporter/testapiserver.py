@@ -147,8 +147,12 @@ def parse_label_selector(text: str) -> Callable[[dict], bool]:
 # --- the server --------------------------------------------------------------------------
 
 
+PROGRAM_GROUP, PROGRAM_VERSION = "podsnoop.io", "v1alpha1"
+
+
 class KubeApiServer:
-    """Pods-only Kubernetes API for tests. Start with `start()` or `with`."""
+    """Pods (and podsnoop's PodsnoopProgram custom resource) Kubernetes API for tests.
+    Start with `start()` or `with`."""
 
     def __init__(self, *, bookmark_interval: float = 1.0,
                  token: str = "podsnoop-test-token", host: str = "127.0.0.1") -> None:
@@ -176,6 +180,10 @@ class KubeApiServer:
         self._runner: web.AppRunner | None = None
         self._site: web.BaseSite | None = None
         self._start_error: BaseException | None = None
+        # PodsnoopPrograms: name -> object; changes (rv, type, object); watch queues.
+        self._programs: dict[str, dict] = {}
+        self._program_history: list[tuple[int, str, dict]] = []
+        self._program_watches: dict[int, asyncio.Queue] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="podsnoop-kubeapi-"))
         self.kubeconfig_path = str(self._tmp / "kubeconfig")
 
@@ -233,6 +241,9 @@ class KubeApiServer:
         app.router.add_patch("/api/v1/namespaces/{namespace}/pods/{name}", self._patch_pod)
         app.router.add_patch("/api/v1/namespaces/{namespace}/pods/{name}/resize",
                              self._patch_resize)
+        # User programs (issue 14): the cluster-scoped PodsnoopProgram custom resource.
+        app.router.add_get(f"/apis/{PROGRAM_GROUP}/{PROGRAM_VERSION}/podsnoopprograms",
+                           self._programs_handler)
         # handler_cancellation: a watch whose client went away ends (and leaves open_watches).
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      handler_cancellation=True,
@@ -508,6 +519,8 @@ class KubeApiServer:
         return self._serve_copy(obj)
 
     def _end_watches(self, how: Any) -> None:
+        for queue in list(self._program_watches.values()):
+            queue.put_nowait(how)
         for queue, request in list(self._watches.values()):
             queue.put_nowait(how)
             if how is _DROP and request.transport is not None:
@@ -518,6 +531,80 @@ class KubeApiServer:
         out = copy.deepcopy(pod)
         out.pop("_ids", None)
         return out
+
+    # -- PodsnoopPrograms (cluster-scoped custom resource) --
+
+    def put_program(self, name: str, spec: Mapping[str, Any]) -> dict:
+        """Create or replace a PodsnoopProgram (ADDED or MODIFIED to watchers)."""
+        def change() -> dict:
+            old = self._programs.get(name)
+            obj = {"apiVersion": f"{PROGRAM_GROUP}/{PROGRAM_VERSION}",
+                   "kind": "PodsnoopProgram",
+                   "metadata": {"name": name,
+                                "uid": old["metadata"]["uid"] if old else str(uuid.uuid4()),
+                                "generation": (old["metadata"]["generation"] + 1
+                                               if old else 1)},
+                   "spec": copy.deepcopy(dict(spec))}
+            self._programs[name] = obj
+            return self._program_event("MODIFIED" if old else "ADDED", obj)
+        return self._call(change)
+
+    def delete_program(self, name: str) -> dict:
+        def change() -> dict:
+            return self._program_event("DELETED", self._programs.pop(name))
+        return self._call(change)
+
+    def _program_event(self, kind: str, obj: dict) -> dict:
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        self._program_history.append((self._rv, kind, copy.deepcopy(obj)))
+        for queue in self._program_watches.values():
+            queue.put_nowait((kind, copy.deepcopy(obj)))
+        return copy.deepcopy(obj)
+
+    async def _programs_handler(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        if not request[LOG_KEY].watch:
+            request[LOG_KEY].status = 200
+            return web.json_response({
+                "apiVersion": f"{PROGRAM_GROUP}/{PROGRAM_VERSION}",
+                "kind": "PodsnoopProgramList",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": [copy.deepcopy(p) for p in self._programs.values()]})
+        rv_text = q.get("resourceVersion", "")
+        since = int(rv_text) if rv_text.isdigit() and rv_text != "0" else None
+        timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+        deadline = time.monotonic() + timeout if timeout else None
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        request[LOG_KEY].status = 200
+        queue: asyncio.Queue = asyncio.Queue()
+        if since is None:
+            backlog = [("ADDED", copy.deepcopy(p)) for p in self._programs.values()]
+        else:
+            backlog = [(k, o) for rv, k, o in self._program_history if rv > since]
+        for item in backlog:
+            queue.put_nowait(item)
+        self._program_watches[id(queue)] = queue
+        try:
+            while True:
+                wait = None
+                if deadline is not None:
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        break
+                try:
+                    item = await asyncio.wait_for(queue.get(), wait)
+                except asyncio.TimeoutError:
+                    break
+                if item is _STOP or item is _DROP:
+                    break
+                kind, obj = item
+                await resp.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+        finally:
+            self._program_watches.pop(id(queue), None)
+        return resp
 
     # -- HTTP --
 

@@ -42,6 +42,7 @@ MODELS = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
     ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "V1CustomResourceDefinition",
 }
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
@@ -293,7 +294,7 @@ def _listed(kust: dict) -> set[str]:
 
 
 @pytest.mark.parametrize("sub", ["", "privileged", "sidecar", "sidecar/read-own-pod",
-                                 "web-config"])
+                                 "web-config", "programs"])
 def test_kustomization_lists_every_file_in_its_directory(sub):
     d = DEPLOY / sub
     kust = load(d / "kustomization.yaml")[0]
