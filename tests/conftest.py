@@ -6,7 +6,11 @@ PODSNOOP_ALLOW_NO_KERNEL=1 is set, and then they skip with a banner at the end o
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +110,44 @@ def wait_for_filters(pod, priority: int = 50000, timeout: float = 30.0) -> None:
     while len(our_filters(pod.host_if, priority)) != 2:
         assert time.monotonic() < deadline, f"no podsnoop filters on {pod.host_if}"
         time.sleep(0.05)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_checked(*argv, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(argv, capture_output=True, text=True, **kw)
+    assert r.returncode == 0, f"{argv} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel `pip install .` builds from this checkout (build isolation, the pinned
+    build backend, as pip does for a user)."""
+    out = tmp_path_factory.mktemp("wheel")
+    run_checked(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                "--disable-pip-version-check", "-w", str(out), str(ROOT))
+    (whl,) = out.glob("podsnoop-*.whl")
+    return whl
+
+
+@pytest.fixture(scope="session")
+def installed(wheel) -> Path:
+    """A fresh venv with the wheel and its dependencies, outside the tree and readable by
+    any user (a checkout may sit in a private directory); Debian's bcc linked in the way
+    scripts/setup.sh and the image do (PyPI's bcc is an unrelated package)."""
+    top = Path(tempfile.mkdtemp(prefix="podsnoop-venv-", dir="/var/tmp"))
+    top.chmod(0o755)
+    venv = top / "v"
+    try:
+        run_checked("/usr/bin/python3", "-m", "venv", str(venv))
+        py = venv / "bin" / "python"
+        site = run_checked(str(py), "-c",
+                           "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+        os.symlink("/usr/lib/python3/dist-packages/bcc", Path(site.stdout.strip(), "bcc"))
+        run_checked(str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    str(wheel))
+        yield venv
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

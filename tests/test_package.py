@@ -7,47 +7,15 @@ shows that the wheel holds every subpackage and the BPF C sources.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 
 from exporter.exporterproc import ExporterProcess
-from conftest import wait_for_filters
+from conftest import run_checked as _run, wait_for_filters
 from test_network import NET_METRICS, deltas, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _run(*argv, **kw):
-    r = subprocess.run(argv, capture_output=True, text=True, **kw)
-    assert r.returncode == 0, f"{argv} failed:\n{r.stdout}\n{r.stderr}"
-    return r
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    # Build isolation: the wheel is built by the pinned build backend, as pip does for a user.
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
-         "-w", str(out), str(ROOT))
-    (whl,) = out.glob("podsnoop-*.whl")
-    return whl
-
-
-@pytest.fixture(scope="module")
-def installed(wheel, tmp_path_factory) -> Path:
-    """A fresh venv with the wheel and its dependencies; Debian's bcc linked in the way
-    scripts/setup.sh and the image do (PyPI's bcc is an unrelated package)."""
-    venv = tmp_path_factory.mktemp("venv") / "v"
-    _run("/usr/bin/python3", "-m", "venv", str(venv))
-    py = venv / "bin" / "python"
-    site = _run(str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-    os.symlink("/usr/lib/python3/dist-packages/bcc", Path(site.stdout.strip(), "bcc"))
-    _run(str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel))
-    return venv
 
 
 def test_wheel_holds_every_subpackage_and_the_bpf_sources(wheel):
