@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from pyroute2 import AsyncIPRoute
 
-from . import __version__, bpfload, btf, names
+from . import __version__, names
+from . import programs as bpf_programs
 from .cgroups import CgroupError, CgroupResolver, find_cgroup2_mount
 from .collectors.container_net import ContainerNetworkCollector
 from .collectors.container_net import load_programs as load_container_net_programs
@@ -71,26 +72,22 @@ async def start_server(cfg: Config, registry, health: Health,
 
 
 def load_network_programs(cfg: Config):
-    net = bpfload.compile_program("net", bpfload.defines(NET_MAX_ENTRIES=cfg.net_map_entries))
+    net = bpf_programs.load("net", cfg)  # compiled and loaded in the loader process
     programs = {}
     for hook, fn in ((TC_H_INGRESS, "podsnoop_tc_ingress"), (TC_H_EGRESS, "podsnoop_tc_egress")):
         programs[hook] = (owned_name(fn), net.load_func(fn, net.SCHED_CLS).fd)
     return net, programs
 
 
-LATENCY_MAX_ENTRIES = 32768
+LATENCY_MAX_ENTRIES = bpf_programs.LATENCY_MAX_ENTRIES
 HOUSEKEEPING_SECONDS = 10.0
 
 
 def load_syscall_programs(cfg: Config, resolver):
-    """Compile and attach (bcc attaches RAW_TRACEPOINT_PROBEs on load) the syscall programs."""
-    level = choose_level(resolver)
-    bpf = bpfload.compile_program("syscalls", bpfload.defines(
-        FILTER_PODS=int(cfg.syscall_scope == "pods"), KUBEPODS_LEVEL=level, LATENCY=1,
-        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES,
-        **btf.syscall_nr_offsets())
-        + [f"-I{bpfload.BPF_DIR}"])  # bpf/podfilter.h
-    return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
+    """The syscall programs, compiled, loaded and attached (RAW_TRACEPOINT_PROBEs) by the
+    loader process (flags: programs._syscalls)."""
+    bpf = bpf_programs.load("syscalls", cfg, resolver)
+    return bpf, RootSync(bpf["kubepods_roots"], resolver, choose_level(resolver))
 
 
 FEATURE_SYNC_SECONDS = 1.0
@@ -163,7 +160,8 @@ def make_resolver(cfg: Config) -> CgroupResolver:
 
 
 async def run(cfg: Config) -> int:
-    bpfload.preflight(need_tracefs=cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops)
+    # bcc compiles in loader processes, never here (programs.py)
+    bpf_programs.start(cfg, need_tracefs=cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops)
     health = Health()
     registry = CollectorRegistry(auto_describe=True)
     execs = ExecLogEndpoint()
@@ -181,6 +179,7 @@ async def run(cfg: Config) -> int:
     syncs: list = []     # their filter maps, kept current by sync_feature_maps
     try:
         resolver = make_resolver(cfg)
+        bpf_programs.request(resolver)  # every enabled program starts compiling now
         net, programs = load_network_programs(cfg)
         pod_index, watcher = start_pod_watcher(cfg)
         labeler = PodLabeler(pod_index)
@@ -256,6 +255,7 @@ async def run(cfg: Config) -> int:
             await links.stop()
             links = None
     finally:
+        bpf_programs.stop()  # loader children still running after an error
         for task in tasks:
             task.cancel()
         if watcher is not None:

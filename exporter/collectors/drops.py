@@ -28,7 +28,7 @@ import time
 
 from prometheus_client.core import CounterMetricFamily
 
-from .. import bpfload, btf, names
+from .. import bpfload, btf, names, programs
 from ..errors import PodsnoopError
 from ..podnetns import first_pid
 from .cgroupdeltas import KeyedDeltas, map_families, percpu_slot
@@ -57,9 +57,12 @@ def subsystem_names(b: btf.BTF | None = None) -> dict[int, str]:
 
 
 class ReasonNamer:
-    def __init__(self, b: btf.BTF | None = None):
-        self.core = reason_names(b)
-        self.subsys = subsystem_names(b)
+    def __init__(self, b: btf.BTF | None = None, core: dict[int, str] | None = None,
+                 subsys: dict[int, str] | None = None):
+        """From BTF, or from the names the loader read (reading BTF here would keep
+        ~40 MB of parsed types in the serving process)."""
+        self.core = reason_names(b) if core is None else core
+        self.subsys = subsystem_names(b) if subsys is None else subsys
 
     def __call__(self, value: int) -> str:
         if value in self.core and value >> 16 == 0:
@@ -78,25 +81,9 @@ FORMAT = bpfload.TRACEFS + "/events/skb/kfree_skb/format"
 
 
 def load_programs(cfg):
-    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the drop program."""
-    fields = bpfload.tracepoint_fields("skb", "kfree_skb")
-    if "reason" not in fields:
-        raise PodsnoopError("the skb:kfree_skb tracepoint of this kernel has no drop reason "
-                            "(kernel 5.17 or later has it)",
-                            "run podsnoop with --drops off on this node")
-    b = btf.vmlinux()
-    enum = b.enum("skb_drop_reason")
-    bpf = bpfload.compile_program("drops", bpfload.defines(
-        DROP_MAX_ENTRIES=cfg.drop_map_entries, HOST_NETNS_INUM=host_netns_inum(),
-        REASON_CONSUMED=enum["SKB_CONSUMED"],
-        REASON_NOT_SPECIFIED=enum[PREFIX + "NOT_SPECIFIED"],
-        COUNT_NOT_SPECIFIED=int(cfg.drop_not_specified), HAS_RX_SK=int("rx_sk" in fields),
-        SKB_DEV_OFF=b.offset("sk_buff", "dev"), SKB_SK_OFF=b.offset("sk_buff", "sk"),
-        SKB_IIF_OFF=b.offset("sk_buff", "skb_iif"),
-        NETDEV_IFINDEX_OFF=b.offset("net_device", "ifindex"),
-        NETDEV_NET_OFF=b.offset("net_device", "nd_net.net"),
-        **btf.socket_offsets(b)) + [f"-I{bpfload.BPF_DIR}"])
-    return bpf
+    """The drop program, compiled, loaded and attached by the loader process (flags, and
+    the check that the tracepoint has a reason: programs._drops)."""
+    return programs.load("drops", cfg)
 
 
 class PodNetns:
@@ -196,7 +183,8 @@ class DropCollector:
         self.grace_seconds = grace_seconds
         self.clock = clock
         self.netns = PodNetns(resolver)
-        self.reason = ReasonNamer()
+        info = getattr(bpf, "info", None) or {}
+        self.reason = ReasonNamer(core=info.get("reasons"), subsys=info.get("subsystems"))
         self.deltas = KeyedDeltas(self._resolve, lambda key: (key.netns, key.ifindex),
                                   unresolved_owner="")
         self.pods: dict[str, PodDrops] = {}

@@ -18,7 +18,7 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-from .. import bpfload, btf, names
+from .. import names, programs
 from ..kuberoots import RootSync, choose_level
 from .bpfmaps import read_summed
 from .cgroupdeltas import CgroupDeltas, map_families, percpu_slot
@@ -42,15 +42,10 @@ def bucket_macro(bounds=CONNECT_BUCKETS) -> str:
 
 
 def load_programs(cfg, resolver):
-    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the TCP programs."""
-    level = choose_level(resolver)
-    bpf = bpfload.compile_program("tcp", bpfload.defines(
-        FILTER_PODS=1, KUBEPODS_LEVEL=level, TCP_MAX_ENTRIES=cfg.tcp_map_entries,
-        TCP_COUNTER_ENTRIES=COUNTER_ENTRIES_PER_MAP, **btf.socket_offsets(),
-        **btf.tcp_skb_offsets(),
-        RETRANSMIT_HAS_ERR=int("err" in bpfload.tracepoint_fields("tcp", "tcp_retransmit_skb")),
-        **{"CONNECT_BUCKET(ns)": bucket_macro()}) + [f"-I{bpfload.BPF_DIR}"])
-    return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
+    """The TCP programs, compiled, loaded and attached by the loader process (flags:
+    programs._tcp)."""
+    bpf = programs.load("tcp", cfg, resolver)
+    return bpf, RootSync(bpf["kubepods_roots"], resolver, choose_level(resolver))
 
 
 class PodTcp:
