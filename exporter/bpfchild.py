@@ -18,6 +18,7 @@ import pickle
 import signal
 import socket
 import sys
+import time
 
 from . import bpfload
 from .bpffd import PERCPU_TYPES, MAP_RINGBUF, type_spec
@@ -86,10 +87,15 @@ def describe(name: str, bpf, spec: dict) -> tuple[dict, list[int]]:
 def build(request: dict, keep: list) -> tuple[dict, list[int]]:
     name = request["name"]
     try:
+        t0 = time.monotonic()
         spec = BUILDERS[name](request["cfg"], request["level"])
+        t1 = time.monotonic()
         bpf = bpfload.compile_program(spec["program"], spec["cflags"])
         keep.append(bpf)  # alive until os._exit: no cleanup, no __del__
-        return describe(name, bpf, spec)
+        described = describe(name, bpf, spec)
+        log.debug("%s: flags in %.2f s, compiled and loaded in %.2f s", name, t1 - t0,
+                  time.monotonic() - t1)
+        return described
     except PodsnoopError as e:
         return {"name": name, "error": e.message, "fix": e.fix}, []
     except Exception as e:  # noqa: BLE001 - still one clean line in the serving process
@@ -113,6 +119,7 @@ def main(argv: list[str]) -> int:
         except PodsnoopError as e:
             hello = {"error": e.message, "fix": e.fix}
         sock.send(pickle.dumps(hello))
+        log.debug("loader %d: bcc imported, headers found", os.getpid())
         if "error" in hello:
             return 0
         while True:

@@ -4,15 +4,16 @@ serving process gets them, compiled and loaded, as file descriptors.
 Why a loader process: a bcc compile maps libLLVM and libclang into the process (~60 MB
 resident just to import bcc, VmHWM ~240 MB during the compiles), and glibc keeps much of the
 compiler's heap afterwards. The serving process therefore never imports bcc. At start it
-spawns LOADERS short-lived children (`python -m exporter.bpfchild`, a fresh interpreter);
+spawns one or two short-lived children (exporter/bpfchild.py in a fresh interpreter;
+two only when a CPU is idle for the second, see loader_count);
 each checks that bcc imports and the kernel headers exist (the preflight, answered before
 anything else happens, so its errors stay the same one-line `podsnoop: error:` + `fix:`),
 then compiles and loads the programs it is given, and sends back over a unix socket
 (SCM_RIGHTS) the fds of every map (with its name, type, size and key/value layout), every
 loaded function, and every attachment that lives as long as its fd (tracepoints, raw
 tracepoints). Then it exits. TC filters and cgroup links are made by the serving process
-from the program fds, as before. The children run at the same time (2 cores: start-up
-about halves); a child dies with the serving process (PR_SET_PDEATHSIG), and everything it
+from the program fds, as before. Two children compile at the same time, the programs
+spread by expected compile time (WEIGHTS); a child dies with the serving process (PR_SET_PDEATHSIG), and everything it
 handed over dies with the serving process's fds, SIGKILL included.
 
 A builder (BUILDERS) runs in the child: it turns the configuration and the kubepods cgroup
@@ -36,12 +37,13 @@ from .errors import PodsnoopError
 
 log = logging.getLogger(__name__)
 
-LOADERS = 2            # children compiling at once (more does not help on 2 cores)
+LOADERS = 2            # children compiling at once, at most (more does not help on 2 cores)
 MAX_FDS = 253          # SCM_MAX_FD: fds in one message
 MAX_MESSAGE = 1 << 20
 # Rough compile seconds (measured on a 2-vCPU VM), to spread the programs over the children.
 WEIGHTS = {"net": 0.6, "syscalls": 0.55, "tcp": 0.5, "exec": 0.15, "drops": 0.2,
            "cgroup_net": 0.15, "resize": 0.2}
+BTF_WEIGHT = 0.25      # parsing the kernel's BTF, once per child that needs it
 LATENCY_MAX_ENTRIES = 32768
 
 
@@ -125,6 +127,22 @@ def _resize(cfg, level):
 
 BUILDERS = {"net": _net, "syscalls": _syscalls, "exec": _exec, "tcp": _tcp,
             "drops": _drops, "cgroup_net": _cgroup_net, "resize": _resize}
+
+
+def needs_btf(name: str, cfg) -> bool:
+    return name in ("syscalls", "tcp", "drops") or (name == "exec" and bool(cfg.exec_log))
+
+
+def loader_count(programs: int) -> int:
+    """Two loaders only when a second CPU is idle: each loader costs ~0.3 s of CPU of its
+    own (interpreter, bcc and LLVM start-up, the BTF parse), which only pays when it runs
+    beside the other. Measured with 2 CPUs at load 4-8: one loader was as fast as two."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        idle = cpus - os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 1
+    return max(1, min(LOADERS, programs, cpus if idle >= 1 else 1))
 
 
 def enabled(cfg) -> list[str]:
@@ -223,10 +241,10 @@ class _Loader:
 class ProgramLoader:
     """Compiles in loader children; hands the serving process FdPrograms."""
 
-    def __init__(self, cfg, loaders: int = LOADERS):
+    def __init__(self, cfg, loaders: int | None = None):
         self.cfg = cfg
         self.names = enabled(cfg)
-        n = max(1, min(loaders, len(self.names), os.cpu_count() or 1))
+        n = loaders or loader_count(len(self.names))
         self.loaders = [_Loader(cfg.log_level) for _ in range(n)]
         self.owner: dict[str, _Loader] = {}
 
@@ -241,11 +259,19 @@ class ProgramLoader:
         """Ask for every program (default: every enabled one) now, spread over the
         children by expected compile time, in the order they will be asked for."""
         load = {id(x): 0.0 for x in self.loaders}
+        btf = set()  # children that parse BTF
+
+        def cost(loader, name):
+            extra = BTF_WEIGHT if needs_btf(name, self.cfg) and id(loader) not in btf else 0
+            return load[id(loader)] + WEIGHTS.get(name, 0.3) + extra
+
         for name in names or self.names:
             if name in self.owner:
                 continue
-            loader = min(self.loaders, key=lambda x: load[id(x)])
-            load[id(loader)] += WEIGHTS.get(name, 0.3)
+            loader = min(self.loaders, key=lambda x: cost(x, name))
+            load[id(loader)] = cost(loader, name)
+            if needs_btf(name, self.cfg):
+                btf.add(id(loader))
             loader.ask(name, self.cfg, level)
             self.owner[name] = loader
         for loader in self.loaders:
