@@ -204,3 +204,42 @@ def test_fd_tables_read_and_write_like_bcc(maps, name):
         assert list(theirs.keys()) == []
     finally:
         os.close(ours.map_fd)
+
+
+# -- the loader protocol, both ways of spreading the work ----------------------------------
+@pytest.mark.parametrize("loaders", [1, 2])
+def test_every_program_loads_through_one_or_two_loaders(kernel, loaders):
+    from exporter import config, programs
+    from exporter.bpffd import MAP_RINGBUF
+    from exporter.collectors.drops import reason_names
+    cfg = config.parse(["--kube", "off", "--container-network", "on", "--exec-log", "3",
+                        "--resize", "dry-run", "--net-map-entries", "1234"])
+    names = programs.enabled(cfg)
+    assert sorted(names) == sorted(programs.BUILDERS)  # every program there is
+    loader = programs.ProgramLoader(cfg, loaders=loaders)
+    got = {}
+    try:
+        assert len(loader.loaders) == loaders
+        loader.preflight()
+        loader.request(level=1)
+        for name in names:
+            got[name] = loader.get(name, 1)
+        assert all(x.proc.poll() == 0 for x in loader.loaders)  # exited by themselves
+        assert got["net"]["net_counters"].max_entries == 1234
+        assert got["net"].load_func("podsnoop_tc_ingress", got["net"].SCHED_CLS).fd > 2
+        assert len(got["cgroup_net"].funcs) == 2
+        assert len(got["syscalls"].attachments) == 2   # sys_enter, sys_exit
+        events = got["exec"]["exec_events"]
+        assert events.ttype == MAP_RINGBUF
+        assert {"pid", "ppid", "comm", "filename"} <= {f[0] for f in events._event_class._fields_}
+        assert got["resize"]["resize_events"]._event_class is not None
+        assert got["drops"].info["reasons"] == reason_names()  # read from BTF by the loader
+        # the kubepods filter maps the serving process writes
+        for name in ("syscalls", "exec", "tcp"):
+            table = got[name]["kubepods_roots"]
+            table[ct.c_ulonglong(42)] = ct.c_ubyte(1)
+            assert [k.value for k in table.keys()] == [42]
+    finally:
+        loader.close()
+        for program in got.values():
+            program.cleanup()
