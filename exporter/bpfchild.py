@@ -5,7 +5,7 @@ Protocol, over a SOCK_SEQPACKET unix socket (one pickled dict per message, fds a
 SCM_RIGHTS): the child first answers {"hello": True} or the preflight's {"error", "fix"};
 then takes {"op": "build", "name", "cfg", "level"} requests until {"op": "done"} or the
 end of the stream, answering each with the program's description and fds, or with
-{"name", "error", "fix"}. It never cleans up what it loaded (bcc's atexit cleanup would
+{"name", "error", "fix"} (after a failed preflight it reads them and answers none). It never cleans up what it loaded (bcc's atexit cleanup would
 disable the tracepoint perf events the serving process now shares): it leaves with
 os._exit, and the serving process's copies of the fds keep everything alive.
 """
@@ -120,8 +120,6 @@ def main(argv: list[str]) -> int:
             hello = {"error": e.message, "fix": e.fix}
         sock.send(pickle.dumps(hello))
         log.debug("loader %d: bcc imported, headers found", os.getpid())
-        if "error" in hello:
-            return 0
         while True:
             data = sock.recv(MAX_MESSAGE)
             if not data:
@@ -129,6 +127,9 @@ def main(argv: list[str]) -> int:
             request = pickle.loads(data)
             if request.get("op") != "build":
                 break
+            if "error" in hello:
+                continue  # read (not answered) until the end: leaving requests unread
+                #           would reset the socket and lose the hello with the error
             message, fds = build(request, keep)
             socket.send_fds(sock, [pickle.dumps(message)], fds)
     except (BrokenPipeError, ConnectionResetError):

@@ -127,6 +127,7 @@ def _resize(cfg, level):
         RESIZE_EVENT_EXIT=EVENT_EXIT))
 
 
+LEVEL_FREE = {"net", "drops", "cgroup_net", "resize"}  # builders that ignore `level`
 BUILDERS = {"net": _net, "syscalls": _syscalls, "exec": _exec, "tcp": _tcp,
             "drops": _drops, "cgroup_net": _cgroup_net, "resize": _resize}
 
@@ -210,7 +211,10 @@ class _Loader:
             self.done = True
 
     def send(self, message: dict) -> None:
-        self.sock.send(pickle.dumps(message))
+        try:
+            self.sock.send(pickle.dumps(message))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the child ended (its preflight failed): its hello says why
 
     def next_message(self):
         try:
@@ -231,6 +235,7 @@ class _Loader:
         return self.hello
 
     def result(self, name: str):
+        self.wait_hello()
         while name not in self.results:
             message, fds = self.next_message()
             self.results[message["name"]] = (message, fds)
@@ -262,6 +267,8 @@ class ProgramLoader:
         n = loaders or loader_count(len(self.names))
         self.loaders = [_Loader(cfg.log_level) for _ in range(n)]
         self.owner: dict[str, _Loader] = {}
+        self._load: dict[int, float] = {}   # id(loader) -> expected seconds of work
+        self._btf: set[int] = set()          # loaders that will parse BTF
 
     def preflight(self) -> None:
         """Every child imported bcc and found the kernel headers, or the first's error."""
@@ -270,27 +277,28 @@ class ProgramLoader:
             if "error" in hello:
                 raise PodsnoopError(hello["error"], hello.get("fix"))
 
-    def request(self, level: int, names: list[str] | None = None) -> None:
-        """Ask for every program (default: every enabled one) now, spread over the
-        children by expected compile time, in the order they will be asked for."""
-        load = {id(x): 0.0 for x in self.loaders}
-        btf = set()  # children that parse BTF
-
+    def request(self, level: int | None, names: list[str] | None = None,
+                last: bool = True) -> None:
+        """Ask for programs (default: every enabled one not asked for yet) now, spread over
+        the children by expected compile time, in the order they will be asked for. `last`:
+        nothing more will be asked (the children exit once done)."""
         def cost(loader, name):
-            extra = BTF_WEIGHT if needs_btf(name, self.cfg) and id(loader) not in btf else 0
-            return load[id(loader)] + WEIGHTS.get(name, 0.3) + extra
+            extra = BTF_WEIGHT if needs_btf(name, self.cfg) and id(loader) not in self._btf \
+                else 0
+            return self._load.get(id(loader), 0.0) + WEIGHTS.get(name, 0.3) + extra
 
-        for name in names or self.names:
+        for name in self.names if names is None else names:
             if name in self.owner:
                 continue
             loader = min(self.loaders, key=lambda x: cost(x, name))
-            load[id(loader)] = cost(loader, name)
+            self._load[id(loader)] = cost(loader, name)
             if needs_btf(name, self.cfg):
-                btf.add(id(loader))
+                self._btf.add(id(loader))
             loader.ask(name, self.cfg, level)
             self.owner[name] = loader
-        for loader in self.loaders:
-            loader.no_more()
+        if last:
+            for loader in self.loaders:
+                loader.no_more()
 
     def get(self, name: str, level: int) -> FdProgram:
         if name not in self.owner:  # not asked for ahead: a child that still takes work
@@ -305,6 +313,9 @@ class ProgramLoader:
             loader.no_more()
             self.owner[name] = loader
         loader = self.owner[name]
+        hello = loader.wait_hello()  # bcc and the headers are there, or why not
+        if "error" in hello:
+            raise PodsnoopError(hello["error"], hello.get("fix"))
         message, fds = loader.result(name)
         loader.asked.remove(name)
         del self.owner[name]
@@ -336,17 +347,19 @@ _active: ProgramLoader | None = None
 
 
 def start(cfg, need_tracefs: bool) -> ProgramLoader:
-    """The serving process's preflight: privileges here; bcc and the kernel headers in the
-    children (importing bcc here is what this avoids); tracefs here. The children stay,
-    waiting for request()."""
+    """The serving process's preflight and the loaders' start: privileges and tracefs are
+    checked here; bcc and the kernel headers by the children (importing bcc here is what
+    this avoids), whose answer the first load() raises if it is an error. The programs
+    that do not depend on the kubepods cgroup level start compiling at once, while the
+    serving process goes on (HTTP server, cgroup walk) until request()."""
     global _active
     bpfload.check_privileges()
     stop()
     _active = ProgramLoader(cfg)
     try:
-        _active.preflight()
         if need_tracefs:
             bpfload.ensure_tracefs()
+        _active.request(None, [n for n in _active.names if n in LEVEL_FREE], last=False)
     except BaseException:
         stop()
         raise
