@@ -108,14 +108,16 @@ def test_serving_process_has_not_compiled(pods):
         assert proc.stop() == 0, proc.output()
 
 
-def test_sigkill_leaves_no_program_behind(pods):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_exit_leaves_no_program_behind(pods, sig):
     """Without TC filters (no interface matches), everything loaded lives by the serving
-    process's fds: once it is SIGKILLed, every program it held is gone."""
+    process's fds: once it exits, SIGKILL included, every program it held is gone."""
     proc = run_exporter(pods, "--interfaces", "nothing-matches", "--container-network", "on")
     ids = held_programs(proc.proc.pid)
     assert len(ids) >= 7, ids  # 2 TC, 2 syscall, exec, tcp, drops, 2 cgroup_skb at least
     assert all(program_exists(i) for i in ids)
-    proc.stop(signal.SIGKILL)
+    code = proc.stop(sig)
+    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), proc.output()
     wait_for(lambda: not any(program_exists(i) for i in ids), timeout=30,
              what="the programs to be freed")
 
