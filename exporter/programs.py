@@ -46,6 +46,7 @@ WEIGHTS = {"net": 0.6, "syscalls": 0.55, "tcp": 0.5, "exec": 0.15, "drops": 0.2,
            "cgroup_net": 0.15, "resize": 0.2}
 BTF_WEIGHT = 0.25      # parsing the kernel's BTF, once per child that needs it
 PSI_CONTENDED = 40.0   # % of the last 10 s some task waited for a CPU: no second loader
+LOADER_PEAK = 256 << 20  # bytes a loader may reach (VmHWM 190-215 MB measured)
 LATENCY_MAX_ENTRIES = 32768
 
 
@@ -150,13 +151,51 @@ def cpu_contended() -> bool:
             return True
 
 
+def memory_headroom() -> int | None:
+    """Bytes this process's memory cgroup (or an ancestor, the tightest) may still grow by,
+    cgroup v2 or v1; None without a limit. Loaders are charged to the same cgroup."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            try:
+                from .cgroups import find_cgroup2_mount
+                base, files = Path(find_cgroup2_mount()), ("memory.max", "memory.current")
+            except Exception:  # noqa: BLE001 - no v2 hierarchy: no limit from it
+                continue
+        elif "memory" in controllers.split(","):
+            base = Path("/sys/fs/cgroup/memory")
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        here = Path(path)
+        for d in (here, *here.parents):
+            try:
+                limit = (base / d.relative_to("/") / files[0]).read_text().strip()
+                usage = int((base / d.relative_to("/") / files[1]).read_text())
+            except (OSError, ValueError):
+                continue
+            if limit != "max" and int(limit) < 1 << 60:  # v1 says "unlimited" with 2^63-4096
+                room = int(limit) - usage
+                best = room if best is None else min(best, room)
+    return best
+
+
 def loader_count(programs: int) -> int:
     """Two loaders only when a second CPU is there for them: each loader costs ~0.3 s of
     CPU of its own (interpreter, bcc and LLVM start-up, the BTF parse), which pays only when
     it runs beside the other. Measured on 2 CPUs: to ready in 1.8 s instead of 2.3 s with a
-    CPU mostly free, but 7.3 s instead of 5.8 s at load 6-8."""
+    CPU mostly free, but 7.3 s instead of 5.8 s at load 6-8. And only when the memory
+    cgroup has room for two loaders at their peak at once (a pod's memory limit)."""
     cpus = len(os.sched_getaffinity(0))
     if cpus < 2 or programs < 2 or cpu_contended():
+        return 1
+    headroom = memory_headroom()
+    if headroom is not None and headroom < LOADERS * LOADER_PEAK:
         return 1
     return LOADERS
 

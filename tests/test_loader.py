@@ -245,3 +245,27 @@ def test_every_program_loads_through_one_or_two_loaders(kernel, loaders):
         loader.close()
         for program in got.values():
             program.cleanup()
+
+
+def test_one_loader_when_the_memory_cgroup_has_no_room_for_two(kernel, tmp_path):
+    """A pod memory limit counts the loaders too: under 2 x LOADER_PEAK of room, one."""
+    from exporter import programs
+    from exporter.cgroups import find_cgroup2_mount
+    if Path("/sys/fs/cgroup/memory/cgroup.procs").exists():      # v1 (hybrid) memory
+        cg, limit_file = Path("/sys/fs/cgroup/memory") / tmp_path.name, "memory.limit_in_bytes"
+    else:                                                         # unified
+        cg, limit_file = Path(find_cgroup2_mount()) / tmp_path.name, "memory.max"
+    cg.mkdir()
+    try:
+        (cg / limit_file).write_text(str(300 << 20))
+        code = "from exporter import programs as p; print(p.memory_headroom(), p.loader_count(5))"
+        r = subprocess.run(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh",
+                            sys.executable, "-c", code],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        headroom, count = (int(x) for x in r.stdout.split())
+        assert 0 < headroom <= 300 << 20
+        assert headroom < programs.LOADERS * programs.LOADER_PEAK
+        assert count == 1
+    finally:
+        cg.rmdir()
