@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -12,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from pyroute2 import AsyncIPRoute
 
-from . import __version__, bpfload, btf, names, webconfig
+from . import __version__, bpfload, names, webconfig
+from . import loader as bpf_programs
 from .cgroups import CgroupError, CgroupResolver, find_cgroup2_mount
 from .collectors.container_net import ContainerNetworkCollector
 from .collectors.container_net import load_programs as load_container_net_programs
@@ -28,7 +30,7 @@ from .collectors.scrape import ScrapeCollector
 from .collectors.syscalls import SyscallCollector
 from .collectors.tcp import TcpCollector
 from .collectors.tcp import load_programs as load_tcp_programs
-from .kuberoots import OwnPod, RootSync, choose_level, filter_defines
+from .kuberoots import OwnPod, RootSync, choose_level
 from .config import Config
 from .errors import PodsnoopError
 from .labels import PodLabeler
@@ -76,29 +78,23 @@ async def start_server(cfg: Config, registry, health: Health,
     return runner
 
 
-def load_network_programs(cfg: Config, mode: str):
-    net = bpfload.compile_program("net", bpfload.defines(mode, NET_MAX_ENTRIES=cfg.net_map_entries))
+def load_network_programs(cfg: Config):
+    net = bpf_programs.load("net", cfg)  # compiled and loaded in the loader process
     programs = {}
     for hook, fn in ((TC_H_INGRESS, "podsnoop_tc_ingress"), (TC_H_EGRESS, "podsnoop_tc_egress")):
         programs[hook] = (owned_name(fn), net.load_func(fn, net.SCHED_CLS).fd)
     return net, programs
 
 
-LATENCY_MAX_ENTRIES = 32768
+LATENCY_MAX_ENTRIES = bpf_programs.LATENCY_MAX_ENTRIES
 HOUSEKEEPING_SECONDS = 10.0
 
 
 def load_syscall_programs(cfg: Config, resolver):
-    """Compile and attach (bcc attaches RAW_TRACEPOINT_PROBEs on load) the syscall programs."""
-    level = choose_level(resolver)
-    # Counts only: no entry program, the number comes from the saved registers at exit.
-    nr_offsets = {} if cfg.syscall_latency else btf.syscall_nr_offsets()
-    bpf = bpfload.compile_program("syscalls", bpfload.defines(
-        **filter_defines(level, cfg.syscall_scope == "pods"), LATENCY=int(cfg.syscall_latency),
-        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES,
-        **nr_offsets)
-        + [f"-I{bpfload.BPF_DIR}"])  # bpf/podfilter.h
-    return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
+    """The syscall programs, compiled, loaded and attached (RAW_TRACEPOINT_PROBEs) by the
+    loader process (flags: loader._syscalls)."""
+    bpf = bpf_programs.load("syscalls", cfg, resolver)
+    return bpf, RootSync(bpf["kubepods_roots"], resolver, choose_level(resolver))
 
 
 FEATURE_SYNC_SECONDS = 1.0
@@ -204,8 +200,10 @@ def own_pod_scope(resolver, identity: PodIdentity) -> OwnPod:
 async def run(cfg: Config) -> int:
     mode, why = (cfg.mode, "set by --mode") if cfg.mode != "auto" else detect_mode()
     identity = pod_identity(cfg.pod_info_dir) if mode == "sidecar" else None
-    bpfload.preflight(need_tracefs=bool(cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops
-                                        or cfg.programs or cfg.program_crds))
+    cfg = dataclasses.replace(cfg, mode=mode)  # resolved: the loaders compile for it
+    # bcc compiles in loader processes, never here (loader.py)
+    bpf_programs.start(cfg, need_tracefs=bool(cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops
+                                              or cfg.programs or cfg.program_crds))
     health = Health(mode=mode)
     registry = CollectorRegistry(auto_describe=True)
     execs = ExecLogEndpoint()
@@ -230,7 +228,8 @@ async def run(cfg: Config) -> int:
         # What the programs count as "in a pod": every pod below the kubepods roots, or in
         # sidecar mode only this pod's cgroup (filtered in the kernel).
         scope = own_pod_scope(resolver, identity) if identity else resolver
-        net, tc_programs = load_network_programs(cfg, mode)
+        bpf_programs.request(scope)  # every enabled program starts compiling now
+        net, tc_programs = load_network_programs(cfg)
         programs.update(bpfload.program_fds(net, "net"))
         pod_index, watcher = start_pod_watcher(cfg, identity)
         labeler = PodLabeler(pod_index)
@@ -285,7 +284,7 @@ async def run(cfg: Config) -> int:
                 cnet_bpf, resolver, labeler, cfg.grace_seconds)
         drops_bpf = None
         if cfg.drops:
-            drops_bpf = load_drop_programs(cfg, sidecar=identity is not None)
+            drops_bpf = load_drop_programs(cfg)  # a sidecar's: its own namespace only
             programs.update(bpfload.program_fds(drops_bpf, "drops"))
             cleanups.append(drops_bpf.cleanup)
         # --- user programs (issue 14) ------------------------------------------------
@@ -336,6 +335,7 @@ async def run(cfg: Config) -> int:
             await links.stop()
             links = None
     finally:
+        bpf_programs.stop()  # loader children still running after an error
         for task in tasks:
             task.cancel()
         if watcher is not None:

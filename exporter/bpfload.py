@@ -130,7 +130,7 @@ def defines(mode: str = "node", **extra: int) -> list[str]:
     which direction each TC hook is in this mode (node or sidecar)."""
     flags = [f"-DPROTO_{p.upper()}={i}" for i, p in enumerate(names.PROTOCOLS)]
     flags += [f"-DDIR_RECEIVE={names.DIR_RECEIVE}", f"-DDIR_TRANSMIT={names.DIR_TRANSMIT}"]
-    ingress, egress = names.HOOK_DIRECTIONS[mode]
+    ingress, egress = names.HOOK_DIRECTIONS["sidecar" if mode == "sidecar" else "node"]
     flags += [f"-DINGRESS_DIR={ingress}", f"-DEGRESS_DIR={egress}"]
     flags += [f"-D{k}={v}" for k, v in sorted(extra.items())]
     return flags

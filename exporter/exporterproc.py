@@ -122,7 +122,9 @@ class ExporterProcess:
             return f.read()
 
     def __enter__(self) -> "ExporterProcess":
-        return self.start()
+        # `with run_exporter(...)` hands over a started process: starting a second one
+        # here would leave the first running.
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

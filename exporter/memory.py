@@ -1,5 +1,9 @@
 """Give back the memory the BPF compile used, once all programs are compiled.
 
+Since the loader processes (programs.py) compile, the serving process maps no compiler and
+release_compiler_memory() finds nothing of it to drop; its malloc_trim still returns the
+start-up's freed heap. Kept for anything that compiles in-process (tests, tools).
+
 bcc compiles with LLVM and clang (libLLVM, libclang-cpp). A compile leaves ~40 MB of freed
 heap that glibc keeps, and ~85 MB of those libraries' code pages resident that the exporter
 never runs again (map operations live in libbcc). malloc_trim returns the heap;

@@ -59,8 +59,8 @@ class _Reader:
     """Buffers and layout of one map, made on first use."""
 
     def __init__(self, table):
-        from bcc.libbcc import lib
-        self.batch = lib.bpf_lookup_batch
+        from ..bpffd import libbpf  # not bcc's libbcc: that maps LLVM (see bpffd.py)
+        self._lookup_batch = libbpf().bpf_map_lookup_batch
         self.fd = table.map_fd
         self.Key = table.Key
         self.key_size = ct.sizeof(table.Key)
@@ -99,8 +99,9 @@ class _Reader:
         first = True
         while True:
             count.value = CHUNK
-            res = self.batch(self.fd, None if first else ct.byref(token), ct.byref(token),
-                             self.keys, self.values, ct.byref(count))
+            res = self._lookup_batch(self.fd, None if first else ct.byref(token),
+                                     ct.byref(token), self.keys, self.values, ct.byref(count),
+                                     None)
             err = ct.get_errno()
             if res != 0 and err != errno.ENOENT:
                 raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {errno.errorcode.get(err, err)}")

@@ -28,7 +28,7 @@ import time
 
 from prometheus_client.core import CounterMetricFamily
 
-from .. import bpfload, names
+from .. import loader, names
 from ..errors import PodsnoopError
 from .cgroupdeltas import CgroupDeltas, container_labels, map_families, percpu_slot
 
@@ -112,8 +112,7 @@ class CgroupLinks:
 
 def load_programs(cfg, resolver):
     """Compile the cgroup_skb programs and link them to the kubepods roots."""
-    bpf = bpfload.compile_program("cgroup_net", bpfload.defines(
-        CNET_MAX_ENTRIES=cfg.container_net_map_entries))
+    bpf = loader.load("cgroup_net", cfg, resolver)  # flags: loader._cgroup_net
     links = CgroupLinks(bpf, resolver)
     roots = list(resolver.kubepods_roots)
     for root in roots:

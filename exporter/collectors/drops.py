@@ -28,8 +28,7 @@ import time
 
 from prometheus_client.core import CounterMetricFamily
 
-from .. import bpfload, btf, names
-from ..errors import PodsnoopError
+from .. import bpfload, btf, loader, names
 from ..podnetns import first_pid
 from .cgroupdeltas import KeyedDeltas, map_families, percpu_slot
 
@@ -57,9 +56,12 @@ def subsystem_names(b: btf.BTF | None = None) -> dict[int, str]:
 
 
 class ReasonNamer:
-    def __init__(self, b: btf.BTF | None = None):
-        self.core = reason_names(b)
-        self.subsys = subsystem_names(b)
+    def __init__(self, b: btf.BTF | None = None, core: dict[int, str] | None = None,
+                 subsys: dict[int, str] | None = None):
+        """From BTF, or from the names the loader read (reading BTF here would keep
+        ~40 MB of parsed types in the serving process)."""
+        self.core = reason_names(b) if core is None else core
+        self.subsys = subsystem_names(b) if subsys is None else subsys
 
     def __call__(self, value: int) -> str:
         if value in self.core and value >> 16 == 0:
@@ -77,29 +79,11 @@ def host_netns_inum() -> int:
 FORMAT = bpfload.TRACEFS + "/events/skb/kfree_skb/format"
 
 
-def load_programs(cfg, sidecar: bool = False):
-    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the drop program; a
-    sidecar counts only its own (the pod's) network namespace."""
-    fields = bpfload.tracepoint_fields("skb", "kfree_skb")
-    if "reason" not in fields:
-        raise PodsnoopError("the skb:kfree_skb tracepoint of this kernel has no drop reason "
-                            "(kernel 5.17 or later has it)",
-                            "run podsnoop with --drops off on this node")
-    b = btf.vmlinux()
-    enum = b.enum("skb_drop_reason")
-    bpf = bpfload.compile_program("drops", bpfload.defines(
-        DROP_MAX_ENTRIES=cfg.drop_map_entries,
-        HOST_NETNS_INUM=0 if sidecar else host_netns_inum(),
-        ONLY_NETNS_INUM=host_netns_inum() if sidecar else 0,
-        REASON_CONSUMED=enum["SKB_CONSUMED"],
-        REASON_NOT_SPECIFIED=enum[PREFIX + "NOT_SPECIFIED"],
-        COUNT_NOT_SPECIFIED=int(cfg.drop_not_specified), HAS_RX_SK=int("rx_sk" in fields),
-        SKB_DEV_OFF=b.offset("sk_buff", "dev"), SKB_SK_OFF=b.offset("sk_buff", "sk"),
-        SKB_IIF_OFF=b.offset("sk_buff", "skb_iif"),
-        NETDEV_IFINDEX_OFF=b.offset("net_device", "ifindex"),
-        NETDEV_NET_OFF=b.offset("net_device", "nd_net.net"),
-        **btf.socket_offsets(b)) + [f"-I{bpfload.BPF_DIR}"])
-    return bpf
+def load_programs(cfg):
+    """The drop program, compiled, loaded and attached by the loader process (flags, and
+    the check that the tracepoint has a reason: loader._drops; a sidecar counts only its
+    own, the pod's, network namespace)."""
+    return loader.load("drops", cfg)
 
 
 class PodNetns:
@@ -209,7 +193,8 @@ class DropCollector:
         self.grace_seconds = grace_seconds
         self.clock = clock
         self.netns = netns or PodNetns(resolver)  # netns inode -> pod uid
-        self.reason = ReasonNamer()
+        info = getattr(bpf, "info", None) or {}
+        self.reason = ReasonNamer(core=info.get("reasons"), subsys=info.get("subsystems"))
         self.deltas = KeyedDeltas(self._resolve, lambda key: (key.netns, key.ifindex),
                                   unresolved_owner="")
         self.pods: dict[str, PodDrops] = {}

@@ -22,8 +22,8 @@ from collections import defaultdict, deque
 
 from prometheus_client.core import CounterMetricFamily
 
-from .. import bpfload, btf, names
-from ..kuberoots import RootSync, choose_level, filter_defines
+from .. import loader, names
+from ..kuberoots import RootSync, choose_level
 from .bpfmaps import c_string
 from .cgroupdeltas import (UNRESOLVED, CgroupDeltas, container_labels, map_families,
                            percpu_slot)
@@ -37,18 +37,10 @@ FILENAME_LEN = 256
 
 
 def load_programs(cfg, resolver):
-    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the exec program."""
-    level = choose_level(resolver)
-    extra = {}
-    if cfg.exec_log:
-        b = btf.vmlinux()
-        extra = dict(EXEC_RINGBUF_PAGES=RINGBUF_PAGES, EXEC_FILENAME_LEN=FILENAME_LEN,
-                     TASK_REAL_PARENT_OFF=b.offset("task_struct", "real_parent"),
-                     TASK_TGID_OFF=b.offset("task_struct", "tgid"))
-    bpf = bpfload.compile_program("exec", bpfload.defines(
-        **filter_defines(level), EXEC_MAX_ENTRIES=cfg.exec_map_entries,
-        EXEC_EVENTS=int(cfg.exec_log > 0), **extra) + [f"-I{bpfload.BPF_DIR}"])
-    return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
+    """The exec program, compiled, loaded and attached by the loader process (flags:
+    loader._exec)."""
+    bpf = loader.load("exec", cfg, resolver)
+    return bpf, RootSync(bpf["kubepods_roots"], resolver, choose_level(resolver))
 
 
 def _comm(key) -> str:

@@ -18,8 +18,8 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-from .. import bpfload, btf, names
-from ..kuberoots import RootSync, choose_level, filter_defines
+from .. import loader, names
+from ..kuberoots import RootSync, choose_level
 from .bpfmaps import read_summed
 from .cgroupdeltas import CgroupDeltas, map_families, percpu_slot
 
@@ -42,15 +42,10 @@ def bucket_macro(bounds=CONNECT_BUCKETS) -> str:
 
 
 def load_programs(cfg, resolver):
-    """Compile and attach (bcc attaches TRACEPOINT_PROBEs on load) the TCP programs."""
-    level = choose_level(resolver)
-    bpf = bpfload.compile_program("tcp", bpfload.defines(
-        **filter_defines(level), TCP_MAX_ENTRIES=cfg.tcp_map_entries,
-        TCP_COUNTER_ENTRIES=COUNTER_ENTRIES_PER_MAP, **btf.socket_offsets(),
-        **btf.tcp_skb_offsets(),
-        RETRANSMIT_HAS_ERR=int("err" in bpfload.tracepoint_fields("tcp", "tcp_retransmit_skb")),
-        **{"CONNECT_BUCKET(ns)": bucket_macro()}) + [f"-I{bpfload.BPF_DIR}"])
-    return bpf, RootSync(bpf["kubepods_roots"], resolver, level)
+    """The TCP programs, compiled, loaded and attached by the loader process (flags:
+    loader._tcp)."""
+    bpf = loader.load("tcp", cfg, resolver)
+    return bpf, RootSync(bpf["kubepods_roots"], resolver, choose_level(resolver))
 
 
 class PodTcp:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from .. import bpfload, kube, names
+from .. import kube, names
 from ..collectors.bpfmaps import c_string
 from ..errors import PodsnoopError
 from . import annotation
@@ -34,12 +34,11 @@ POLL_MS = 100
 RESCAN_SECONDS = 2.0      # a container not yet in the cgroup index: rescan at most this often
 
 
-def load_program():
-    """Compile and attach (bcc attaches RAW_TRACEPOINT_PROBEs on load) bpf/resize.c."""
-    return bpfload.compile_program("resize", bpfload.defines(
-        RESIZE_MAX_RULES=MAX_RULES, RESIZE_MAX_LIVE=MAX_LIVE,
-        RESIZE_RINGBUF_PAGES=RINGBUF_PAGES, RESIZE_EVENT_EXEC=EVENT_EXEC,
-        RESIZE_EVENT_EXIT=EVENT_EXIT))
+def load_program(cfg):
+    """bpf/resize.c, compiled, loaded and attached (RAW_TRACEPOINT_PROBEs) by the loader
+    process (flags: exporter.loader._resize)."""
+    from .. import loader as programs
+    return programs.load("resize", cfg)
 
 
 class RuleSync:
@@ -208,7 +207,7 @@ class ResizeOnExec:
                                     "configured", "run in a cluster, give --kubeconfig, or "
                                     "use --resize dry-run / off")
             patcher = PodPatcher(client)
-        self.bpf = load_program()
+        self.bpf = load_program(cfg)
         self.stats = ResizeStats()
         self.actuator = Actuator(patcher, self.stats, dry_run, cfg.resize_hold_seconds,
                                  cfg.resize_min_interval)
