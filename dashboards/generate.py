@@ -31,7 +31,7 @@ from dashboards import promql as q  # noqa: E402
 from exporter.generated import write_or_check  # noqa: E402
 from dashboards.promql import (  # noqa: E402
     COLLECTOR, COMM, CONTAINER, DIRECTION, INSTANCE, JOB, MAP, NAMESPACE, POD, PROTOCOL,
-    REASON, SYSCALL, VERSION, WORKLOAD_KEYS, by, by_workload, rate, sel, sum_by, var,
+    REASON, SYSCALL, VERSION, by, by_workload, rate, sel, sum_by, var,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))

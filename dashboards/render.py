@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # python dashboards/render.py
     __package__ = "dashboards"
 
 from dashboards import generate as gen  # noqa: E402
+from demo.workloads import SYSCALL_LOOP, TCP_SENDER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -66,36 +67,6 @@ NAMESPACES = sorted({ns for ns, *_ in PODS})
 WORKLOADS = {"web-0": ("StatefulSet", "web"), "cache-0": ("StatefulSet", "cache"),
              "report-0": ("Job", "report")}
 
-SYSCALL_LOOP = """\
-import os, sys, time
-ok, bad = int(sys.argv[1]) // 10, int(sys.argv[2]) // 10   # per 100 ms
-t = time.monotonic()
-while True:
-    for _ in range(ok):
-        os.getsid(0)
-    for _ in range(bad):
-        try:
-            os.rmdir('/nonexistent/podsnoop')
-        except OSError:
-            pass
-    t += 0.1
-    time.sleep(max(0.0, t - time.monotonic()))
-"""
-TCP_SENDER = """\
-import socket, sys, time
-host, port, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])   # bytes per second
-chunk = b'x' * (rate // 20)
-while True:
-    try:
-        s = socket.create_connection((host, port), timeout=5)
-        t = time.monotonic()
-        while True:
-            s.sendall(chunk)
-            t += 0.05
-            time.sleep(max(0.0, t - time.monotonic()))
-    except OSError:
-        time.sleep(0.5)
-"""
 UDP_SENDER = """\
 import socket, sys, time
 host, port = sys.argv[1], int(sys.argv[2])

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import yaml
 
+from demo.workloads import SYSCALL_LOOP, TCP_SENDER
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "demo-node"
 DEMO_FOR = "10s"            # replaces every alert's `for:` in the demo's copy of the rules
@@ -54,36 +56,6 @@ IMPAIR_PRIO, IMPAIR_HANDLE = 1, 0x1A1   # in front of podsnoop's filter (priorit
 # --------------------------------------------------------------------------- workloads
 # Each runs as `python3 -c SCRIPT ARGS...` in a container of a pod.
 
-SYSCALLS = """\
-import os, sys, time
-ok, bad = int(sys.argv[1]) // 10, int(sys.argv[2]) // 10   # per 100 ms
-t = time.monotonic()
-while True:
-    for _ in range(ok):
-        os.getsid(0)
-    for _ in range(bad):
-        try:
-            os.rmdir('/nonexistent/podsnoop-demo')
-        except OSError:
-            pass
-    t += 0.1
-    time.sleep(max(0.0, t - time.monotonic()))
-"""
-TCP_SENDER = """\
-import socket, sys, time
-host, port, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])   # bytes per second
-chunk = b'x' * (rate // 20)
-while True:
-    try:
-        s = socket.create_connection((host, port), timeout=5)
-        t = time.monotonic()
-        while True:
-            s.sendall(chunk)
-            t += 0.05
-            time.sleep(max(0.0, t - time.monotonic()))
-    except OSError:
-        time.sleep(0.5)
-"""
 CONNECTS = """\
 import socket, sys, time
 host, port, period = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -268,21 +240,21 @@ class Demo:
         web = self.pods[("shop", "web-0")]
         web.run(py(TCP_SENDER, web.host_ip, ok, 200_000), container="web")
         web.run(py(CONNECTS, web.host_ip, ok, 2.0), container="web")
-        web.run(py(SYSCALLS, 2000, 50), container="web")
+        web.run(py(SYSCALL_LOOP, 2000, 50), container="web")
         # ping blocks in recvmsg between echoes (0.27-1.07 s by the histogram): the sidecar
         # also does steady work, so those few calls stay under 1 % and its p99 under the
         # alert's 1 s (an idle pinger alone would trip PodsnoopSyscallLatencyHigh).
         web.run(["ping", "-q", "-i", "0.2", "-s", "300", web.host_ip], container="sidecar")
-        web.run(py(SYSCALLS, 1000, 0), container="sidecar")
+        web.run(py(SYSCALL_LOOP, 1000, 0), container="sidecar")
         cache = self.pods[("shop", "cache-0")]
         cache.run(py(UDP_SENDER, cache.host_ip, echo, 50, "echo"), container="cache")
         cache.run(["ping", "-6", "-q", "-i", "0.2", cache.host_ip6], container="cache")
-        cache.run(py(SYSCALLS, 1000, 0), container="cache")
+        cache.run(py(SYSCALL_LOOP, 1000, 0), container="cache")
         cruncher = self.pods[("batch", "cruncher-0")]
-        cruncher.run(py(SYSCALLS, 20000, 0), container="crunch")
+        cruncher.run(py(SYSCALL_LOOP, 20000, 0), container="crunch")
         cruncher.run(py(EXECS), container="jobs")
         cruncher.run(py(SLEEPER), container="sleeper")
-        flaky.run(py(SYSCALLS, 500, 4500), container="app")
+        flaky.run(py(SYSCALL_LOOP, 500, 4500), container="app")
         flaky.run(py(CONNECTS, flaky.host_ip, closed, 0.5), container="app")
         flaky.run(py(TCP_SENDER, flaky.host_ip, lossy, 50_000), container="app")
         flaky.run(py(UDP_SENDER, flaky.host_ip, closed_udp, 20, "-"), container="app")
