@@ -406,3 +406,26 @@ if __name__ == "__main__":
         print("usage: python bench/common.py snapshot [REV]   (prints the directory to pass as "
               "PODSNOOP_BENCH_TREE)", file=sys.stderr)
         sys.exit(2)
+
+
+def ready_now(url: str) -> bool:
+    """Whether a podsnoop at `url` answers /readyz with 200 right now."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def attachments_left(host_if: str) -> list[str]:
+    """podsnoop's filters or tcx links still on an interface (after an exporter stopped)."""
+    from exporter import tcx
+    out = [ln for hook in ("ingress", "egress")
+           for ln in subprocess.run(["tc", "filter", "show", "dev", host_if, hook],
+                                    capture_output=True, text=True).stdout.splitlines()
+           if "podsnoop" in ln]
+    index = int(Path(f"/sys/class/net/{host_if}/ifindex").read_text())
+    out += [f"tcx {hook} {name}" for hook in ("ingress", "egress")
+            for name in map(tcx.prog_name, tcx.chain(index, hook)) if name.startswith("podsnoop")]
+    return out

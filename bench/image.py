@@ -32,26 +32,18 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
-from common import BatchPodFactory, graceful, header, summary, table, write_section  # noqa: E402
+from common import (BatchPodFactory, attachments_left, graceful, header,  # noqa: E402
+                    ready_now, summary, table, write_section)
 
 import podrunc  # noqa: E402
 
 MANIFEST = HERE.parent / "deploy" / "daemonset.yaml"
 MiB = 1024 * 1024
-
-
-def ready_now(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def anon_bytes(c: podrunc.ManifestContainer) -> int:
@@ -149,9 +141,8 @@ def main() -> int:
                 print(f"rep {rep + 1}/{args.reps} {name:15}: ready {r['ready_s']:.2f} s, "
                       f"peak {r['peak_mib']:.0f} MiB, anon peak {r['anon_peak_mib']:.0f} MiB, "
                       f"failcnt {r['failcnt']}, attached {r['attached']:.0f}", flush=True)
-                leftover = subprocess.run(["tc", "filter", "show", "dev", pods[0].host_if,
-                                           "ingress"], capture_output=True, text=True).stdout
-                assert "podsnoop" not in leftover, f"filters left behind:\n{leftover}"
+                leftover = attachments_left(pods[0].host_if)
+                assert not leftover, f"left behind: {leftover}"
     except KeyboardInterrupt:
         print("\ninterrupted: cleaning up", file=sys.stderr)
         return 130

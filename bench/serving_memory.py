@@ -28,11 +28,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, BatchPodFactory, ProcStat, _git, graceful, header, poke,  # noqa: E402
+from common import (REPO, BatchPodFactory, ProcStat, _git, graceful,  # noqa: E402
+                    header, poke, ready_now,
                     snapshot, summary, table, write_section)
 
 from exporter.exporterproc import ExporterProcess  # noqa: E402
@@ -40,14 +40,6 @@ from exporter.exporterproc import ExporterProcess  # noqa: E402
 TARGET_RSS_MB = {110: 80.0, 500: 100.0}
 TARGET_READY_S = 5.0
 COMPILER = ("libLLVM", "libclang", "libbcc.so")
-
-
-def ready_now(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def children(pid: int) -> list[int]:

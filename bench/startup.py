@@ -26,14 +26,13 @@ import argparse
 import datetime
 import re
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BatchPodFactory, ProcStat, graceful, header, summary, table,  # noqa: E402
+from common import (BatchPodFactory, ProcStat, attachments_left, graceful, header,  # noqa: E402
+                    ready_now, summary, table,
                     write_section)
 
 from exporter.exporterproc import ExporterProcess  # noqa: E402
@@ -55,14 +54,6 @@ def log_times(text: str) -> tuple[float | None, float | None]:
         if m.group(2).startswith("ready:"):
             ready = t
     return first, ready
-
-
-def ready_now(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def one_start(regex: str, timeout: float) -> dict:
@@ -118,9 +109,8 @@ def main() -> int:
                 print(f"rep {rep + 1}/{args.reps} {name:9}: ready {r['ready_s']:.2f} s, "
                       f"attached {r['attached']:.0f}, VmHWM {r['hwm_mb']:.0f} MB, "
                       f"stop {r['stop_s']:.2f} s", flush=True)
-                leftover = subprocess.run(["tc", "filter", "show", "dev", pods[0].host_if,
-                                           "ingress"], capture_output=True, text=True).stdout
-                assert "podsnoop" not in leftover, f"filters left behind:\n{leftover}"
+                leftover = attachments_left(pods[0].host_if)
+                assert not leftover, f"left behind: {leftover}"
     except KeyboardInterrupt:
         print("\ninterrupted: cleaning up", file=sys.stderr)
         return 130
