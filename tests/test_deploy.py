@@ -181,8 +181,8 @@ def test_daemonset_port_and_probes():
 
 def test_daemonset_image_and_resources():
     assert CTR["image"] == "podsnoop"
-    assert CTR["resources"] == {"requests": {"cpu": "50m", "memory": "192Mi"},
-                                "limits": {"cpu": "500m", "memory": "512Mi"}}
+    assert CTR["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"},
+                                "limits": {"cpu": "1", "memory": "512Mi"}}
     # the figures come from a benchmark, named beside them
     text = (DEPLOY / "daemonset.yaml").read_text()
     assert "bench/image.py" in text and "Placeholder" not in text
