@@ -429,3 +429,15 @@ def attachments_left(host_if: str) -> list[str]:
     out += [f"tcx {hook} {name}" for hook in ("ingress", "egress")
             for name in map(tcx.prog_name, tcx.chain(index, hook)) if name.startswith("podsnoop")]
     return out
+
+
+def wait_ready_since(proc, t0: float, timeout: float) -> float:
+    """Poll an ExporterProcess started at monotonic time t0 until /readyz answers 200;
+    returns the seconds from t0 (a failed start or the timeout raises, with its log)."""
+    while not ready_now(proc.url):
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"exporter exited {proc.proc.returncode}:\n{proc.output()}")
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"not ready after {timeout} s:\n{proc.output()[-2000:]}")
+        time.sleep(0.02)
+    return time.monotonic() - t0

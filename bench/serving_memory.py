@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (REPO, BatchPodFactory, ProcStat, _git, graceful,  # noqa: E402
-                    header, poke, ready_now,
+                    header, poke, wait_ready_since,
                     snapshot, summary, table, write_section)
 
 from exporter.exporterproc import ExporterProcess  # noqa: E402
@@ -87,13 +87,7 @@ def one_run(tree: Path, regex: str, pods, timeout: float = 180) -> dict:
     proc.start(wait_ready=0)
     try:
         stat = ProcStat(proc.proc.pid)
-        while not ready_now(proc.url):
-            if proc.proc.poll() is not None:
-                raise RuntimeError(f"exporter exited {proc.proc.returncode}:\n{proc.output()}")
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"not ready after {timeout} s:\n{proc.output()[-2000:]}")
-            time.sleep(0.02)
-        r = {"ready_s": time.monotonic() - t0, "rss_ready_mb": stat.rss_mb()}
+        r = {"ready_s": wait_ready_since(proc, t0, timeout), "rss_ready_mb": stat.rss_mb()}
         poke(pods)
         r["uncounted"] = wait_counted(proc, pods)
         for _ in range(40):

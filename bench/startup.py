@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BatchPodFactory, ProcStat, attachments_left, graceful, header,  # noqa: E402
-                    ready_now, summary, table,
+                    summary, table, wait_ready_since,
                     write_section)
 
 from exporter.exporterproc import ExporterProcess  # noqa: E402
@@ -62,13 +62,7 @@ def one_start(regex: str, timeout: float) -> dict:
     proc.start(wait_ready=0)
     stat = ProcStat(proc.proc.pid)
     try:
-        while not ready_now(proc.url):
-            if proc.proc.poll() is not None:
-                raise RuntimeError(f"exporter exited {proc.proc.returncode}:\n{proc.output()}")
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"not ready after {timeout} s:\n{proc.output()[-2000:]}")
-            time.sleep(0.02)
-        ready_s = time.monotonic() - t0
+        ready_s = wait_ready_since(proc, t0, timeout)
         r = {"ready_s": ready_s, "hwm_mb": stat.hwm_mb(), "rss_mb": stat.rss_mb(),
              "anon_mb": stat.status_kb("RssAnon") / 1024,
              "file_mb": stat.status_kb("RssFile") / 1024,

@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # python dashboards/render.py
     __package__ = "dashboards"
 
 from dashboards import generate as gen  # noqa: E402
-from demo.workloads import SYSCALL_LOOP, TCP_SENDER  # noqa: E402
+from demo.workloads import ACCEPT_AND_DRAIN, SYSCALL_LOOP, TCP_SENDER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -158,15 +158,7 @@ for s in (ok, lossy, closed):
 ok.listen(64)
 lossy.listen(64)
 print(ok.getsockname()[1], lossy.getsockname()[1], closed.getsockname()[1], flush=True)
-def drain(c):
-    with c:
-        while c.recv(65536):
-            pass
-def accept(srv):
-    while True:
-        c, _ = srv.accept()
-        threading.Thread(target=drain, args=(c,), daemon=True).start()
-for srv in (ok, lossy):
+{ACCEPT_AND_DRAIN}for srv in (ok, lossy):
     threading.Thread(target=accept, args=(srv,), daemon=True).start()
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 t = time.monotonic()

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from demo.workloads import SYSCALL_LOOP, TCP_SENDER
+from demo.workloads import ACCEPT_AND_DRAIN, SYSCALL_LOOP, TCP_SENDER
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "demo-node"
@@ -113,14 +113,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
 ok.listen(64)
 lossy.listen(64)
 print(*(s.getsockname()[1] for s in (ok, lossy, closed, echo)), free_udp, flush=True)
-def drain(c):
-    with c:
-        while c.recv(65536):
-            pass
-def accept(srv):
-    while True:
-        c, _ = srv.accept()
-        threading.Thread(target=drain, args=(c,), daemon=True).start()
+""" + ACCEPT_AND_DRAIN + """\
 def serve_echo():
     while True:
         data, peer = echo.recvfrom(65536)

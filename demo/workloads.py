@@ -34,3 +34,16 @@ while True:
     except OSError:
         time.sleep(0.5)
 """
+
+# For host-side listeners in such scripts (needs `import socket, threading`): accept(srv)
+# serves each connection of a listening socket in a thread that reads it to the end.
+ACCEPT_AND_DRAIN = """\
+def drain(c):
+    with c:
+        while c.recv(65536):
+            pass
+def accept(srv):
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=drain, args=(c,), daemon=True).start()
+"""

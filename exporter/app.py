@@ -321,7 +321,9 @@ async def run(cfg: Config) -> int:
                 collectors["programs"] = ProgramCostCollector(programs, stats)
             registry.register(ScrapeCollector({"network": network, **collectors}))
             registry.register(BuildInfo())
-            release_compiler_memory()  # every program is compiled by now
+            # The start-up's freed heap, and the compiler's pages where --programs compiled
+            # user programs in this process (podsnoop's own compile in loader processes).
+            release_compiler_memory()
             await links.start()
             freeze_startup_objects()
             tasks.append(asyncio.create_task(housekeeping(resolver, root_sync, pod_index, links)))

@@ -1,6 +1,6 @@
 """Give back the memory the BPF compile used, once all programs are compiled.
 
-Since the loader processes (programs.py) compile, the serving process maps no compiler and
+Since the loader processes (loader.py) compile, the serving process maps no compiler and
 release_compiler_memory() finds nothing of it to drop; its malloc_trim still returns the
 start-up's freed heap. Kept for anything that compiles in-process (tests, tools).
 

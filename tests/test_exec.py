@@ -40,9 +40,9 @@ def execs(proc, container, comm) -> float:
     return proc.metrics().value(EXECS, container_id=container.id, comm=comm)
 
 
-def prog_types(pid: int) -> list[int]:
-    """prog_type of every BPF program fd the process holds (5 = tracepoint,
-    8 = cgroup_skb), from /proc/PID/fdinfo: what is loaded, not what is configured."""
+def fdinfo_values(pid: int, field: str) -> list[int]:
+    """`field` (e.g. prog_type, prog_id) of every fd of process `pid` that has it, from
+    /proc/PID/fdinfo: what the process holds, not what it was configured to load."""
     out = []
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
@@ -50,9 +50,15 @@ def prog_types(pid: int) -> list[int]:
         except OSError:
             continue
         for line in text.splitlines():
-            if line.startswith("prog_type:"):
+            if line.startswith(field + ":"):
                 out.append(int(line.split()[1]))
     return out
+
+
+def prog_types(pid: int) -> list[int]:
+    """prog_type of every BPF program fd the process holds (5 = tracepoint,
+    8 = cgroup_skb)."""
+    return fdinfo_values(pid, "prog_type")
 
 
 BPF_PROG_TYPE_TRACEPOINT = 5

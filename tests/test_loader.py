@@ -22,6 +22,7 @@ from exporter.bpffd import FdTable, PERCPU_TYPES, type_spec
 from exporter.collectors import bpfmaps
 from exporter.exporterproc import ExporterProcess
 from conftest import our_filters, run_exporter
+from test_exec import fdinfo_values
 from test_network import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,16 +54,7 @@ def children(pid: int) -> set[int]:
 
 def held_programs(pid: int) -> set[int]:
     """Ids of the BPF programs process `pid` holds fds of (programs and links)."""
-    ids = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("prog_id:"):
-                ids.add(int(line.split()[1]))
-    return ids
+    return set(fdinfo_values(pid, "prog_id"))
 
 
 def program_exists(prog_id: int) -> bool:
