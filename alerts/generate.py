@@ -171,6 +171,13 @@ def exporter_rules() -> list[dict]:
               f"The {{{{ $labels.{COLLECTOR} }}}} collector of podsnoop at {EXPORTER_REF} has "
               f"failed every scrape for 10 minutes; its metrics are missing. The exporter's "
               f"log says why."),
+        alert("PodsnoopCollectorOff", f"{q.COLLECTOR_DISABLED} == 1", "15m", "info",
+              f"podsnoop collector {{{{ $labels.{COLLECTOR} }}}} is off on {EXPORTER_REF}: "
+              f"{{{{ $labels.reason }}}}",
+              f"This node's kernel cannot run podsnoop's {{{{ $labels.{COLLECTOR} }}}} "
+              f"collector ({{{{ $labels.reason }}}}), so {EXPORTER_REF} serves without its "
+              f"metrics. Upgrade the node's kernel, or turn the collector off with its flag "
+              f"(README, Kernels) to silence this."),
         alert("PodsnoopBPFMapNearCapacity",
               f"{bpf_map_fill_ratio(aggregate=False)}\n> {BPF_MAP_FILL_THRESHOLD}", "10m",
               "warning",
@@ -473,6 +480,14 @@ def unit_tests() -> dict:
                 "1x32"),
     ], "15m", [_fires("PodsnoopCollectorFailing", {**_exporter("node-a"),
                                                    COLLECTOR: "syscalls"}, "")]))
+
+    # Collector off: node-a's drops collector is off (an old kernel) from the start: it
+    # fires once the 15 minutes are over, not before.
+    cases.append(_case("PodsnoopCollectorOff", [
+        _series(q.COLLECTOR_DISABLED, {**_exporter("node-a"), COLLECTOR: "drops",
+                                       "reason": "kernel<5.17: drop reasons"}, "1x30"),
+    ], "20m", [_fires("PodsnoopCollectorOff", {**_exporter("node-a"), COLLECTOR: "drops",
+                                               "reason": "kernel<5.17: drop reasons"}, "")]))
 
     # Map near capacity: net_stats 950/1000 (95%); syscall_stats 500/1000; a map that reports
     # max 0 is left out rather than divided by zero.

@@ -65,7 +65,9 @@ static __always_inline u32 netns_of_dev(const void *dev)
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
     u32 reason = args->reason;
-    if (reason <= REASON_CONSUMED)
+    // SKB_NOT_DROPPED_YET and SKB_CONSUMED (6.2+; before, consume_skb has a tracepoint of
+    // its own) are not drops; REASON_CONSUMED is -1 where neither exists (5.17).
+    if ((s64)reason <= (s64)REASON_CONSUMED)
         return 0;
 #if !COUNT_NOT_SPECIFIED
     if (reason == REASON_NOT_SPECIFIED)

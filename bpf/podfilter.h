@@ -23,7 +23,8 @@
 //     }
 //
 // The including program is compiled with -I<bpf dir> and passes FILTER_PODS,
-// KUBEPODS_LEVEL and MAX_KUBEPODS_ROOTS.
+// KUBEPODS_LEVEL, MAX_KUBEPODS_ROOTS and ANCESTOR_HELPER (0: the offsets too), all from
+// exporter/kuberoots.py filter_defines().
 #ifndef PODSNOOP_PODFILTER_H
 #define PODSNOOP_PODFILTER_H
 
@@ -33,11 +34,29 @@ struct kubepods_root_ids {
 };
 BPF_ARRAY(kubepods_roots, struct kubepods_root_ids, 1);
 
+#if ANCESTOR_HELPER
 // The current task's ancestor cgroup at the kubepods roots' depth.
 static __always_inline u64 kubepods_root_id(void)
 {
     return bpf_get_current_ancestor_cgroup_id(KUBEPODS_LEVEL);
 }
+#else
+// Kernels whose tracing programs may not call bpf_get_current_ancestor_cgroup_id (before
+// 5.14): the same id read from the task, task->cgroups->dfl_cgrp, with BTF offsets
+// (TASK_CGROUPS_OFF, CSS_SET_DFL_CGRP_OFF and sockcgroup.h's cgroup ones).
+#include "sockcgroup.h"
+
+static __always_inline u64 kubepods_root_id(void)
+{
+    const char *task = (const char *)bpf_get_current_task();
+    void *cset = NULL, *cgrp = NULL;
+    bpf_probe_read_kernel(&cset, sizeof(cset), task + TASK_CGROUPS_OFF);
+    if (!cset)
+        return 0;
+    bpf_probe_read_kernel(&cgrp, sizeof(cgrp), (const char *)cset + CSS_SET_DFL_CGRP_OFF);
+    return cgroup_ancestor_id(cgrp, KUBEPODS_LEVEL);
+}
+#endif
 
 static __always_inline int in_kubepods_root(const struct kubepods_root_ids *roots, u64 id)
 {

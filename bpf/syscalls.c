@@ -20,7 +20,8 @@
 //
 // Compiled by bcc at start, with -I<bpf dir> for podfilter.h. The loader passes FILTER_PODS,
 // KUBEPODS_LEVEL, MAX_KUBEPODS_ROOTS, LATENCY (0/1), SYSCALL_MAX_ENTRIES,
-// LATENCY_MAX_ENTRIES, and with LATENCY 0 SYSCALL_NR_OFF, SYSCALL_NR_SIZE.
+// LATENCY_MAX_ENTRIES, INFLIGHT_HASH (0/1) and INFLIGHT_MAX_ENTRIES, and with LATENCY 0
+// SYSCALL_NR_OFF, SYSCALL_NR_SIZE.
 #include <uapi/linux/bpf.h>
 
 struct syscall_key {
@@ -48,10 +49,31 @@ struct inflight {
 
 BPF_PERCPU_HASH(syscall_counts, struct syscall_key, struct syscall_value, SYSCALL_MAX_ENTRIES);
 BPF_PERCPU_HASH(syscall_latency, struct latency_key, u64, LATENCY_MAX_ENTRIES);
-#if LATENCY
+#if LATENCY && !INFLIGHT_HASH
 // In task-local storage: no hashing on the hot path, and freed by the kernel when the
 // thread exits (even inside a syscall: exit_group).
 BPF_TASK_STORAGE(syscall_inflight, struct inflight);
+
+static __always_inline struct inflight *inflight_of_thread(int create)
+{
+    if (create)
+        return syscall_inflight.task_storage_get(bpf_get_current_task_btf(), 0,
+                                                 BPF_LOCAL_STORAGE_GET_F_CREATE);
+    return syscall_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+}
+#elif LATENCY
+// Kernels without task storage for tracing programs (before 5.13): a hash by thread id,
+// LRU so that the entries of threads that exited inside a syscall are recycled.
+BPF_TABLE("lru_hash", u32, struct inflight, syscall_inflight, INFLIGHT_MAX_ENTRIES);
+
+static __always_inline struct inflight *inflight_of_thread(int create)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (!create)
+        return syscall_inflight.lookup(&tid);
+    struct inflight none = {};
+    return syscall_inflight.lookup_or_try_init(&tid, &none);
+}
 #endif
 // kubepods_roots: the pod filter shared with the other tracepoint programs.
 #include "podfilter.h"
@@ -95,8 +117,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     // args: (struct pt_regs *regs, long id)
     if (!tracked())
         return 0;
-    struct inflight *f = syscall_inflight.task_storage_get(bpf_get_current_task_btf(), 0,
-                                                           BPF_LOCAL_STORAGE_GET_F_CREATE);
+    struct inflight *f = inflight_of_thread(1);
     if (f) {
         f->nr = (long)ctx->args[1];
         f->start = bpf_ktime_get_ns();
@@ -110,7 +131,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     // sys_enter stored an entry only for tracked tasks: finding one is the pod filter here.
     // (A syscall whose entry we did not see, e.g. attached mid-call, or a new thread's
     // return from clone, is not counted: one call, one count.)
-    struct inflight *f = syscall_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    struct inflight *f = inflight_of_thread(0);
     if (!f || !f->start)
         return 0;
     u64 delta = bpf_ktime_get_ns() - f->start;

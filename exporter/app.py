@@ -32,7 +32,8 @@ from .collectors.tcp import TcpCollector
 from .collectors.tcp import load_programs as load_tcp_programs
 from .kuberoots import OwnPod, RootSync, choose_level
 from .config import Config
-from .errors import PodsnoopError
+from .collectors.status import CollectorStatus
+from .errors import CollectorUnavailable, PodsnoopError
 from .labels import PodLabeler
 from .links import LinkManager, OwnPodNetns, is_own_interface, is_pod_veth
 from .mode import PodIdentity, detect_mode, pod_identity
@@ -156,6 +157,11 @@ def start_pod_watcher(cfg: Config, identity: PodIdentity | None = None):
     return index, watcher.start()
 
 
+def resize_on_exec(cfg: Config, resolver, pod_index):
+    from .resize.programs import ResizeOnExec
+    return ResizeOnExec(cfg, resolver, pod_index)
+
+
 def make_resolver(cfg: Config) -> CgroupResolver:
     try:
         if cfg.kubepods_root is None:
@@ -173,9 +179,35 @@ def make_resolver(cfg: Config) -> CgroupResolver:
                                     "mount the host's /sys/fs/cgroup into the container") from None
 
 
+# Collector -> the Config field of the flag that turns it off (None: no flag).
+COLLECTOR_FLAGS = {"network": None, "syscalls": "syscalls", "exec": "exec", "tcp": "tcp",
+                   "container_network": "container_network", "drops": "drops",
+                   "resize": "resize"}
+
+
+def load_collector(cfg: Config, status: CollectorStatus, collector: str, load):
+    """load() for one collector, or None where this kernel cannot run it and its flag was
+    left at the default: then it is off alone (status: metric, /readyz, one warning). A
+    flag the user set explicitly that cannot be honoured stays a hard error."""
+    field = COLLECTOR_FLAGS[collector]
+    flag = "--" + field.replace("_", "-") if field else None
+    try:
+        loaded = load()
+    except CollectorUnavailable as e:
+        if field is not None and cfg.is_explicit(field):
+            raise PodsnoopError(e.message, "; ".join(filter(None, (
+                e.fix, f"or run with {flag} off")))) from None
+        status.disable(collector, flag, e)
+        return None
+    status.running(collector)
+    return loaded
+
+
 def choose_attacher(cfg: Config, clsact: TcAttacher):
     """tcx links at the head of each chain where the kernel has tcx (so a CNI's tcx program
     cannot hide packets), else classic clsact filters."""
+    if not clsact.programs:  # the network collector is off: nothing to attach
+        return clsact
     if cfg.tc_attach == "clsact" or (cfg.tc_attach == "auto" and not tcx.supported()):
         log.info("packet programs attach as clsact filters (priority %d)", cfg.tc_priority)
         return clsact
@@ -205,6 +237,8 @@ async def run(cfg: Config) -> int:
     bpf_programs.start(cfg, need_tracefs=bool(cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops
                                               or cfg.programs or cfg.program_crds))
     health = Health(mode=mode)
+    status = CollectorStatus()
+    health.checks["collectors"] = status.problem
     registry = CollectorRegistry(auto_describe=True)
     execs = ExecLogEndpoint()
     # fail fast if the port is taken
@@ -229,8 +263,10 @@ async def run(cfg: Config) -> int:
         # sidecar mode only this pod's cgroup (filtered in the kernel).
         scope = own_pod_scope(resolver, identity) if identity else resolver
         bpf_programs.request(scope)  # every enabled program starts compiling now
-        net, tc_programs = load_network_programs(cfg)
-        programs.update(bpfload.program_fds(net, "net"))
+        net, tc_programs = load_collector(cfg, status, "network",
+                                          lambda: load_network_programs(cfg)) or (None, {})
+        if net is not None:
+            programs.update(bpfload.program_fds(net, "net"))
         pod_index, watcher = start_pod_watcher(cfg, identity)
         labeler = PodLabeler(pod_index)
         collectors = {}
@@ -240,15 +276,19 @@ async def run(cfg: Config) -> int:
             health.checks["kube"] = lambda: (None if watcher.state == "synced" else
                                              watcher.state.removeprefix("degraded: "))
         root_sync = None
-        if cfg.syscalls:
-            syscalls_bpf, root_sync = load_syscall_programs(cfg, scope)
+        loaded = cfg.syscalls and load_collector(cfg, status, "syscalls",
+                                                 lambda: load_syscall_programs(cfg, scope))
+        if loaded:
+            syscalls_bpf, root_sync = loaded
             programs.update(bpfload.program_fds(syscalls_bpf, "syscalls"))
             root_sync.sync()
             collectors["syscalls"] = SyscallCollector(
                 syscalls_bpf, resolver, labeler, cfg.grace_seconds, top=cfg.syscall_top,
                 allowlist=cfg.syscall_allowlist, series_cap=cfg.syscall_series_cap)
-        if cfg.exec:
-            exec_bpf, exec_sync = load_exec_programs(cfg, scope)
+        loaded = cfg.exec and load_collector(cfg, status, "exec",
+                                             lambda: load_exec_programs(cfg, scope))
+        if loaded:
+            exec_bpf, exec_sync = loaded
             programs.update(bpfload.program_fds(exec_bpf, "exec"))
             cleanups.append(exec_bpf.cleanup)
             exec_sync.sync()
@@ -260,33 +300,39 @@ async def run(cfg: Config) -> int:
                     exec_bpf, resolver, labeler, cfg.exec_log, cfg.grace_seconds).start()
                 cleanups.append(execs.log.stop)
         # --- resize on exec (issue 8) -------------------------------------------------
-        if cfg.resize != "off":
-            from .resize.programs import ResizeOnExec
-            resize = ResizeOnExec(cfg, resolver, pod_index)
+        resize = cfg.resize != "off" and load_collector(
+            cfg, status, "resize", lambda: resize_on_exec(cfg, resolver, pod_index))
+        if resize:
             cleanups.append(resize.stop)
             collectors["resize"] = resize.collector
             programs.update(bpfload.program_fds(resize.bpf, "resize"))
         # --- end resize on exec ----------------------------------------------------------
-        if cfg.tcp:
-            tcp_bpf, tcp_sync = load_tcp_programs(cfg, scope)
+        loaded = cfg.tcp and load_collector(cfg, status, "tcp",
+                                            lambda: load_tcp_programs(cfg, scope))
+        if loaded:
+            tcp_bpf, tcp_sync = loaded
             programs.update(bpfload.program_fds(tcp_bpf, "tcp"))
             cleanups.append(tcp_bpf.cleanup)
             tcp_sync.sync()
             syncs.append(tcp_sync)
             collectors["tcp"] = TcpCollector(tcp_bpf, resolver, labeler, cfg.grace_seconds)
-        if cfg.container_network:
-            cnet_bpf, cnet_links = load_container_net_programs(cfg, scope)
+        loaded = cfg.container_network and load_collector(
+            cfg, status, "container_network", lambda: load_container_net_programs(cfg, scope))
+        if loaded:
+            cnet_bpf, cnet_links = loaded
             programs.update(bpfload.program_fds(cnet_bpf, "container_net"))
             cleanups.append(cnet_bpf.cleanup)
             cleanups.append(cnet_links.close)  # links closed before the programs go
             syncs.append(cnet_links)
             collectors["container_network"] = ContainerNetworkCollector(
                 cnet_bpf, resolver, labeler, cfg.grace_seconds)
-        drops_bpf = None
-        if cfg.drops:
-            drops_bpf = load_drop_programs(cfg)  # a sidecar's: its own namespace only
+        # a sidecar's drops: its own namespace only
+        drops_bpf = cfg.drops and load_collector(cfg, status, "drops",
+                                                 lambda: load_drop_programs(cfg)) or None
+        if drops_bpf is not None:
             programs.update(bpfload.program_fds(drops_bpf, "drops"))
             cleanups.append(drops_bpf.cleanup)
+        status.require_one()
         # --- user programs (issue 14) ------------------------------------------------
         if cfg.programs or cfg.program_crds:
             from .programs.manager import ProgramManager, reserved_names, start_crd_watcher
@@ -309,8 +355,10 @@ async def run(cfg: Config) -> int:
             else:
                 links = LinkManager(attacher, OwnPodNetns(identity.uid), cfg.interfaces,
                                     selects=is_own_interface)
-            network = NetworkCollector(net, links, labeler, cfg.grace_seconds)
-            links.on_removed = network.retire
+            if net is not None:
+                network = NetworkCollector(net, links, labeler, cfg.grace_seconds)
+                links.on_removed = network.retire
+                collectors = {"network": network, **collectors}
             if drops_bpf is not None:
                 syncs.append(PodInterfaces(drops_bpf["pod_ifindexes"], links))
                 collectors["drops"] = DropCollector(
@@ -319,8 +367,9 @@ async def run(cfg: Config) -> int:
             if cfg.bpf_stats:
                 stats.enable()
                 collectors["programs"] = ProgramCostCollector(programs, stats)
-            registry.register(ScrapeCollector({"network": network, **collectors}))
+            registry.register(ScrapeCollector(collectors))
             registry.register(BuildInfo())
+            registry.register(status)
             # The start-up's freed heap, and the compiler's pages where --programs compiled
             # user programs in this process (podsnoop's own compile in loader processes).
             release_compiler_memory()

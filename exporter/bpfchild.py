@@ -22,7 +22,7 @@ import time
 
 from . import bpfload
 from .bpffd import PERCPU_TYPES, MAP_RINGBUF, type_spec
-from .errors import PodsnoopError
+from .errors import CollectorUnavailable, PodsnoopError
 from .loader import BUILDERS, MAX_MESSAGE
 
 log = logging.getLogger("podsnoop.loader")
@@ -46,7 +46,7 @@ def describe(name: str, bpf, spec: dict) -> tuple[dict, list[int]]:
     lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.bpf_table_name.restype = ctypes.c_char_p
     for fn, prog_type in spec.get("functions", ()):
-        bpf.load_func(fn, getattr(BPF, prog_type))
+        bpfload.load_function(bpf, fn, getattr(BPF, prog_type), f"{spec['program']}.c")
     for kind in ("kprobe_fds", "uprobe_fds", "kfunc_entry_fds", "kfunc_exit_fds", "lsm_fds",
                  "perf_buffers", "open_perf_events"):
         if getattr(bpf, kind, None):
@@ -90,14 +90,24 @@ def build(request: dict, keep: list) -> tuple[dict, list[int]]:
         t0 = time.monotonic()
         spec = BUILDERS[name](request["cfg"], request["level"])
         t1 = time.monotonic()
-        bpf = bpfload.compile_program(spec["program"], spec["cflags"])
+        try:
+            bpf = bpfload.compile_program(spec["program"], spec["cflags"])
+        except CollectorUnavailable as e:
+            if not spec.get("fallback"):
+                raise
+            # A feature BTF cannot show (e.g. task storage for tracing programs, 5.13,
+            # where the map type exists since 5.11): the builder's second choice.
+            cflags, why = spec["fallback"]
+            log.info("%s: %s (%s): using the fallback", name, why, e.message)
+            bpf = bpfload.compile_program(spec["program"], cflags)
         keep.append(bpf)  # alive until os._exit: no cleanup, no __del__
         described = describe(name, bpf, spec)
         log.debug("%s: flags in %.2f s, compiled and loaded in %.2f s", name, t1 - t0,
                   time.monotonic() - t1)
         return described
     except PodsnoopError as e:
-        return {"name": name, "error": e.message, "fix": e.fix}, []
+        return {"name": name, "error": e.message, "fix": e.fix,
+                "reason": getattr(e, "reason", None)}, []
     except Exception as e:  # noqa: BLE001 - still one clean line in the serving process
         log.exception("loading the %s program failed", name)
         return {"name": name, "error": f"loading the {name} BPF program failed: {e}",

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from . import names
-from .errors import PodsnoopError
+from .errors import CollectorUnavailable, PodsnoopError
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,44 @@ def _captured_stderr():
             output.append(buf.read().decode(errors="replace"))
 
 
+def verifier_cause(log_text: str) -> str:
+    """The verifier's own reason, from bcc's dump of its log: the last line before the
+    "processed N insns" summary (the instruction trace above it is the how, not the why)."""
+    lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("processed ") and "insns" in line and i > 0:
+            return lines[i - 1]
+    return lines[-1] if lines else "no verifier log"
+
+
+def _raise_if_refused(failure: Exception, log_text: str, source: str) -> None:
+    """bcc's "Failed to load BPF program X" with the verifier's log on stderr: say so."""
+    refused = re.search(r"Failed to load BPF program b?'?([\w.]+)'?", str(failure))
+    if refused:
+        log.debug("verifier log of %s/%s:\n%s", source, refused.group(1), log_text)
+        raise CollectorUnavailable(
+            f"the kernel's verifier refused {refused.group(1)} of {source}: "
+            f"{verifier_cause(log_text)}",
+            "run with --log-level debug for the verifier's whole log; report it as a "
+            "podsnoop bug with `uname -r`", reason="verifier refused")
+
+
+def load_function(bpf, function: str, prog_type: int, source: str):
+    """bpf.load_func, with a verifier rejection as one CollectorUnavailable line."""
+    with _captured_stderr() as err:
+        try:
+            return bpf.load_func(function, prog_type)
+        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+            failure = e
+    _raise_if_refused(failure, "".join(err), source)
+    raise CollectorUnavailable(f"loading {function} of {source} failed: {failure}",
+                               "report it as a podsnoop bug with `uname -r`")
+
+
 def compile_program(program: str, cflags: list[str]):
-    """Compile bpf/<program>.c with bcc; raise PodsnoopError with clang's first error."""
+    """Compile and load bpf/<program>.c with bcc. Failures become one line that says who
+    refused: clang (its first error: headers), the kernel's map creation, or the kernel's
+    verifier (its reason), each a CollectorUnavailable with a short reason."""
     bcc = import_bcc()
     path = source_path(program)
     with _captured_stderr() as err:
@@ -170,12 +206,20 @@ def compile_program(program: str, cflags: list[str]):
         except Exception as e:  # bcc raises bare Exception on compile/load failure
             failure = e
     text = "".join(err)
+    _raise_if_refused(failure, text, path.name)
+    bad_map = re.search(r"could not open bpf map: (\w+), error: (.*)", text)
+    if bad_map:
+        raise CollectorUnavailable(
+            f"the kernel refused the BPF map {bad_map.group(1)} of {path.name}: "
+            f"{bad_map.group(2).strip()}",
+            "report it as a podsnoop bug with `uname -r`", reason="map refused")
     first = next((ln for ln in text.splitlines() if re.search(r"error|fatal", ln, re.I)),
                  str(failure))
     if "kernel headers" in text or "Unable to find kernel" in text:
         check_kernel_headers()
-    raise PodsnoopError(f"compiling {path.name} failed: {first.strip()}",
-                        "check that the kernel headers match the running kernel")
+    raise CollectorUnavailable(f"compiling {path.name} failed: {first.strip()}",
+                               "check that the kernel headers match the running kernel",
+                               reason="compile failed")
 
 
 def program_fds(bpf, source: str) -> dict[str, int]:

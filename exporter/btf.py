@@ -190,19 +190,52 @@ def vmlinux(path: str = VMLINUX) -> BTF:
         raise BTFError(f"cannot read {path}: {e.strerror}") from None
 
 
+def _first_member(b: BTF, struct_name: str, *members: str) -> tuple[str, int]:
+    """(name, offset) of the first of `members` that `struct_name` has: fields renamed
+    across kernel versions."""
+    for member in members:
+        try:
+            return member, b.offset(struct_name, member)
+        except BTFError:
+            continue
+    raise BTFError(f"struct {struct_name} has none of {', '.join(members)} in the kernel's BTF")
+
+
 def socket_offsets(b: BTF | None = None) -> dict[str, int]:
-    """-D values for bpf/sockcgroup.h: where a socket's cgroup and netns are."""
+    """-D values for bpf/sockcgroup.h: where a socket's cgroup and netns are. Before 5.15
+    the socket's cgroup pointer is sock_cgroup_data.val; before 6.0 a cgroup lists its
+    ancestors' ids (ancestor_ids) instead of pointers (ancestors)."""
     b = b or vmlinux()
+    cgrp_member, cgrp_off = _first_member(b, "sock_cgroup_data", "cgroup", "val")
+    anc_member, anc_off = _first_member(b, "cgroup", "ancestors", "ancestor_ids")
     return {
-        "SOCK_CGRP_OFF": b.offset("sock", "sk_cgrp_data")
-        + b.offset("sock_cgroup_data", "cgroup"),
+        "SOCK_CGRP_OFF": b.offset("sock", "sk_cgrp_data") + cgrp_off,
+        "SOCK_CGRP_IS_VAL": int(cgrp_member == "val"),
         "CGROUP_KN_OFF": b.offset("cgroup", "kn"),
         "CGROUP_LEVEL_OFF": b.offset("cgroup", "level"),
-        "CGROUP_ANCESTORS_OFF": b.offset("cgroup", "ancestors"),
+        "CGROUP_ANCESTORS_OFF": anc_off,
+        "CGROUP_ANCESTOR_IDS": int(anc_member == "ancestor_ids"),
         "KERNFS_ID_OFF": b.offset("kernfs_node", "id"),
         "SOCK_NET_OFF": b.offset("sock", "__sk_common.skc_net.net"),
         "NET_INUM_OFF": b.offset("net", "ns.inum"),
     }
+
+
+def task_cgroup_offsets(b: BTF | None = None) -> dict[str, int]:
+    """-D values for bpf/podfilter.h without the ancestor helper: a task's cgroup v2
+    cgroup is task->cgroups->dfl_cgrp."""
+    b = b or vmlinux()
+    return {"TASK_CGROUPS_OFF": b.offset("task_struct", "cgroups"),
+            "CSS_SET_DFL_CGRP_OFF": b.offset("css_set", "dfl_cgrp")}
+
+
+def has_map_type(name: str, b: BTF | None = None) -> bool:
+    """Whether the kernel knows BPF map type `name` (e.g. BPF_MAP_TYPE_TASK_STORAGE)."""
+    b = b or vmlinux()
+    try:
+        return name in b.enum("bpf_map_type")
+    except BTFError:
+        return False
 
 
 def tcp_skb_offsets(b: BTF | None = None) -> dict[str, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 from . import __version__
@@ -91,6 +92,12 @@ class Config:
     max_requests: int = 40
     programs: str | None = None  # user programs (issue 14)
     program_crds: bool = False
+    # Flags the user set (command line or environment), by Config field name: a collector
+    # this kernel cannot run turns off alone only when its flag was left at the default.
+    explicit: frozenset[str] = frozenset()
+
+    def is_explicit(self, field: str) -> bool:
+        return field in self.explicit
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -293,6 +300,10 @@ def parse(argv: list[str] | None = None) -> Config:
         if "choices" in extra and value not in extra["choices"]:
             p.error(f"{env}={value!r}: choose from {', '.join(extra['choices'])}")
     host, port = a.listen
+    given = sys.argv[1:] if argv is None else argv
+    explicit = frozenset(
+        flag[2:].replace("-", "_") for flag, env, *_ in FLAGS
+        if env in os.environ or any(arg == flag or arg.startswith(flag + "=") for arg in given))
     return Config(host=host, port=port, kube=a.kube, kubeconfig=a.kubeconfig,
                   node_name=a.node_name, log_level=a.log_level, interfaces=a.interfaces,
                   tc_priority=a.tc_priority, grace_seconds=a.grace_period,
@@ -314,4 +325,4 @@ def parse(argv: list[str] | None = None) -> Config:
                   syscall_latency=a.syscall_latency,
                   pod_info_dir=a.pod_info_dir,
                   web_config_file=a.web_config_file, max_requests=a.max_requests,
-                  programs=a.programs, program_crds=a.program_crds)
+                  programs=a.programs, program_crds=a.program_crds, explicit=explicit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from functools import lru_cache
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,24 @@ MAX_ROOTS = 4
 
 
 def filter_defines(level: int, filter_pods: bool = True) -> dict[str, int]:
-    """The -D values bpf/podfilter.h needs."""
-    return dict(FILTER_PODS=int(filter_pods), KUBEPODS_LEVEL=level,
-                MAX_KUBEPODS_ROOTS=MAX_ROOTS)
+    """The -D values bpf/podfilter.h needs: where tracing programs may not call
+    bpf_get_current_ancestor_cgroup_id (before 5.14), the BTF offsets to read the same id
+    from the task instead."""
+    from . import kfeatures
+    flags = dict(FILTER_PODS=int(filter_pods), KUBEPODS_LEVEL=level,
+                 MAX_KUBEPODS_ROOTS=MAX_ROOTS, ANCESTOR_HELPER=1)
+    if not kfeatures.tracing_ancestor_cgroup_helper():
+        from . import btf
+        _say_once("tracing programs of this kernel may not call "
+                  "bpf_get_current_ancestor_cgroup_id (5.14+): the pod filter reads the "
+                  "task's cgroup instead")
+        flags.update(ANCESTOR_HELPER=0, **btf.socket_offsets(), **btf.task_cgroup_offsets())
+    return flags
+
+
+@lru_cache(maxsize=None)
+def _say_once(message: str) -> None:
+    log.info(message)
 
 
 def level_of(path: str, mount: str) -> int:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from . import bpfload
 from .bpffd import FdProgram, FdTable
-from .errors import PodsnoopError
+from .errors import CollectorUnavailable, PodsnoopError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ BTF_WEIGHT = 0.25      # parsing the kernel's BTF, once per child that needs it
 PSI_CONTENDED = 40.0   # % of the last 10 s some task waited for a CPU: no second loader
 LOADER_PEAK = 256 << 20  # bytes a loader may reach (VmHWM 190-215 MB measured)
 LATENCY_MAX_ENTRIES = 32768
+INFLIGHT_MAX_ENTRIES = 32768   # threads in a syscall at once, where task storage is missing
 
 
 # -- builders (run in the loader process) ------------------------------------------------
@@ -63,10 +64,22 @@ def _syscalls(cfg, level):
     from .kuberoots import filter_defines
     # Counts only: no entry program, the number comes from the saved registers at exit.
     nr_offsets = {} if cfg.syscall_latency else btf.syscall_nr_offsets()
-    return dict(program="syscalls", cflags=bpfload.defines(
-        **filter_defines(level, cfg.syscall_scope == "pods"), LATENCY=int(cfg.syscall_latency),
-        SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES,
-        **nr_offsets) + [f"-I{bpfload.BPF_DIR}"])  # bpf/podfilter.h
+
+    def flags(inflight_hash: bool) -> list[str]:
+        return bpfload.defines(
+            **filter_defines(level, cfg.syscall_scope == "pods"),
+            LATENCY=int(cfg.syscall_latency), INFLIGHT_HASH=int(inflight_hash),
+            INFLIGHT_MAX_ENTRIES=INFLIGHT_MAX_ENTRIES,
+            SYSCALL_MAX_ENTRIES=cfg.syscall_map_entries, LATENCY_MAX_ENTRIES=LATENCY_MAX_ENTRIES,
+            **nr_offsets) + [f"-I{bpfload.BPF_DIR}"]  # bpf/podfilter.h
+    if cfg.syscall_latency and not btf.has_map_type("BPF_MAP_TYPE_TASK_STORAGE"):
+        log.info("syscalls: this kernel has no task storage (5.11+, tracing programs 5.13+): "
+                 "the latency keeps syscalls in flight in a per-thread hash")
+        return dict(program="syscalls", cflags=flags(True))
+    spec = dict(program="syscalls", cflags=flags(False))
+    if cfg.syscall_latency:  # 5.11, 5.12: the map type exists, tracing may not use it
+        spec["fallback"] = (flags(True), "no task storage for tracing programs (5.13+)")
+    return spec
 
 
 def _exec(cfg, level):
@@ -89,8 +102,8 @@ def _tcp(cfg, level):
     from .collectors.tcp import COUNTER_ENTRIES_PER_MAP, bucket_macro
     from .kuberoots import filter_defines
     return dict(program="tcp", cflags=bpfload.defines(
-        **filter_defines(level), TCP_MAX_ENTRIES=cfg.tcp_map_entries,
-        TCP_COUNTER_ENTRIES=COUNTER_ENTRIES_PER_MAP, **btf.socket_offsets(),
+        **{**filter_defines(level), **btf.socket_offsets()}, TCP_MAX_ENTRIES=cfg.tcp_map_entries,
+        TCP_COUNTER_ENTRIES=COUNTER_ENTRIES_PER_MAP,
         **btf.tcp_skb_offsets(),
         RETRANSMIT_HAS_ERR=int("err" in bpfload.tracepoint_fields("tcp", "tcp_retransmit_skb")),
         **{"CONNECT_BUCKET(ns)": bucket_macro()}) + [f"-I{bpfload.BPF_DIR}"])
@@ -101,17 +114,20 @@ def _drops(cfg, level):
     from .collectors.drops import PREFIX, host_netns_inum, reason_names, subsystem_names
     fields = bpfload.tracepoint_fields("skb", "kfree_skb")
     if "reason" not in fields:
-        raise PodsnoopError("the skb:kfree_skb tracepoint of this kernel has no drop reason "
-                            "(kernel 5.17 or later has it)",
-                            "run podsnoop with --drops off on this node")
+        raise CollectorUnavailable("the skb:kfree_skb tracepoint of this kernel has no drop "
+                                   "reason (it came in 5.17)",
+                                   "run on kernel 5.17 or later for drops",
+                                   reason="kernel<5.17: drop reasons")
     b = btf.vmlinux()
     enum = b.enum("skb_drop_reason")
+    # Not drops: SKB_CONSUMED (6.2+), else SKB_NOT_DROPPED_YET (6.0, 6.1), else none.
+    consumed = enum.get("SKB_CONSUMED", enum.get("SKB_NOT_DROPPED_YET", -1))
     return dict(program="drops", cflags=bpfload.defines(
         DROP_MAX_ENTRIES=cfg.drop_map_entries,
         # A sidecar counts only its own (the pod's) network namespace: bpf/drops.c.
         HOST_NETNS_INUM=0 if cfg.mode == "sidecar" else host_netns_inum(),
         ONLY_NETNS_INUM=host_netns_inum() if cfg.mode == "sidecar" else 0,
-        REASON_CONSUMED=enum["SKB_CONSUMED"],
+        REASON_CONSUMED=consumed,
         REASON_NOT_SPECIFIED=enum[PREFIX + "NOT_SPECIFIED"],
         COUNT_NOT_SPECIFIED=int(cfg.drop_not_specified), HAS_RX_SK=int("rx_sk" in fields),
         SKB_DEV_OFF=b.offset("sk_buff", "dev"), SKB_SK_OFF=b.offset("sk_buff", "sk"),
@@ -373,6 +389,9 @@ class ProgramLoader:
         if "error" in message:
             for fd in fds:
                 os.close(fd)
+            if message.get("reason"):  # this kernel cannot run it: the collector may go off
+                raise CollectorUnavailable(message["error"], message.get("fix"),
+                                           message["reason"])
             raise PodsnoopError(message["error"], message.get("fix"))
         return _program(message, fds)
 

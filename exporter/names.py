@@ -82,6 +82,13 @@ SERIES_CAP_DROPPED = "podsnoop_series_cap_dropped"
 SCRAPE_COLLECTOR_DURATION = "podsnoop_scrape_collector_duration_seconds"
 SCRAPE_COLLECTOR_SUCCESS = "podsnoop_scrape_collector_success"
 BUILD_INFO = "podsnoop_build_info"
+# Each built-in collector: 1 while it counts, 0 where this kernel cannot run it (its flag
+# at the default); podsnoop_collector_disabled says why, with one of a few short reasons.
+COLLECTOR_UP = "podsnoop_collector_up"                        # label collector
+COLLECTOR_DISABLED = "podsnoop_collector_disabled"            # labels collector, reason
+# Reasons other than "kernel<X.Y: <feature>" (the feature a kernel lacks, from the loader).
+DISABLED_REASONS = ("verifier refused", "map refused", "compile failed", "attach failed",
+                    "load failed")
 # What podsnoop's programs cost in the kernel, from the kernel's own run-time statistics.
 BPF_PROGRAM_RUN_SECONDS = "podsnoop_bpf_program_run_seconds"  # counter, label program
 BPF_PROGRAM_RUNS = "podsnoop_bpf_program_runs"                # counter, label program

@@ -85,6 +85,8 @@ class TcAttacher:
 
     async def attach(self, index: int) -> None:
         """Attach (or re-attach over a crashed run's leftover) our filters on both hooks."""
+        if not self.programs:  # the network collector is off (app.load_collector)
+            return
         await self._ensure_clsact(index)
         for hook, (name, fd) in self.programs.items():
             command = "replace-filter" if await self.our_filters(index, hook) else "add-filter"
@@ -95,6 +97,8 @@ class TcAttacher:
         """Put our filter back on each hook whose podsnoop slot is empty (someone deleted
         our filter, or the clsact qdisc with it). A hook holding any live podsnoop
         instance's filter is left alone: it counts the same packets. Returns hooks fixed."""
+        if not self.programs:
+            return 0
         await self._ensure_clsact(index)
         fixed = 0
         for hook, (name, fd) in self.programs.items():

@@ -12,7 +12,10 @@ apt_pkgs=(python3-bpfcc bpfcc-tools linux-headers-cloud-amd64 iproute2 iputils-p
           prometheus python3-venv procps
           # the image (./dev image, tests/test_image.py): build with buildah, run with runc,
           # a local debian:12-slim made with mmdebstrap (gpgv checks the mirror's release)
-          buildah podman runc mmdebstrap gpgv uidmap)
+          buildah podman runc mmdebstrap gpgv uidmap
+          # the kernel matrix (scripts/kmatrix/, tests/test_kernel_matrix.py): qemu boots
+          # Debian's kernels; bpftool lists what is left loaded after a test
+          qemu-system-x86 qemu-utils busybox-static cpio zstd xz-utils bpftool)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,6 +50,10 @@ fi
 if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
   mount -t tracefs tracefs /sys/kernel/tracing
 fi
+
+# The kernel matrix's kernels: Debian's linux-image/linux-headers .debs (cached outside the
+# checkout, shared by clones; downloaded once: rm -r the cache to take newer ones).
+"$here/scripts/kmatrix/kernels.sh" >/dev/null
 
 # The venv: the machine's python3, plus a link to Debian's bcc module (pure Python over
 # libbcc.so), rather than all of dist-packages, so Debian's other packages cannot shadow ours.

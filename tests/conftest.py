@@ -87,11 +87,14 @@ def our_filters(host_if: str, priority: int = 50000) -> list[str]:
     (ours by priority, via tc(8)) and its tcx links (programs named podsnoop_*)."""
     from exporter import tcx
     lines = []
+    has_tcx = tcx.supported()  # kernels before 6.6: clsact filters only
     for hook in ("ingress", "egress"):
         out = subprocess.run(["tc", "filter", "show", "dev", host_if, hook],
                              capture_output=True, text=True).stdout
         lines += [f"{hook}: {ln}" for ln in out.splitlines()
                   if f"pref {priority} " in ln and "handle" in ln]
+        if not has_tcx:
+            continue
         try:
             index = int(open(f"/sys/class/net/{host_if}/ifindex").read())
         except OSError:
