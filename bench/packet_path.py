@@ -174,7 +174,8 @@ def _frames() -> dict[str, bytes]:
 
 def micro(repeat: int, rounds: int) -> str:
     """ns per packet of podsnoop's program vs the passthrough floor, by BPF_PROG_TEST_RUN."""
-    net = bpfload.compile_program("net", bpfload.defines(NET_MAX_ENTRIES=64))
+    from exporter import config, loader
+    net = loader.load_object("net", config.parse(["--mode", "node", "--net-map-entries", "64"]), 1)
     floor = bpfload.compile_program("testing/foreign", [])
     try:
         progs = {"passthrough": floor.load_func("passthrough", floor.SCHED_CLS).fd,

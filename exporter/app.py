@@ -80,7 +80,7 @@ async def start_server(cfg: Config, registry, health: Health,
 
 
 def load_network_programs(cfg: Config):
-    net = bpf_programs.load("net", cfg)  # compiled and loaded in the loader process
+    net = bpf_programs.load("net", cfg)  # precompiled, loaded by libbpf
     programs = {}
     for hook, fn in ((TC_H_INGRESS, "podsnoop_tc_ingress"), (TC_H_EGRESS, "podsnoop_tc_egress")):
         programs[hook] = (owned_name(fn), net.load_func(fn, net.SCHED_CLS).fd)
@@ -92,8 +92,8 @@ HOUSEKEEPING_SECONDS = 10.0
 
 
 def load_syscall_programs(cfg: Config, resolver):
-    """The syscall programs, compiled, loaded and attached (RAW_TRACEPOINT_PROBEs) by the
-    loader process (flags: loader._syscalls)."""
+    """The syscall programs, loaded and attached (raw tracepoints) by libbpf (what they are
+    given: loader._syscalls_object)."""
     bpf = bpf_programs.load("syscalls", cfg, resolver)
     return bpf, RootSync(bpf["kubepods_roots"], resolver, choose_level(resolver))
 
@@ -233,9 +233,8 @@ async def run(cfg: Config) -> int:
     mode, why = (cfg.mode, "set by --mode") if cfg.mode != "auto" else detect_mode()
     identity = pod_identity(cfg.pod_info_dir) if mode == "sidecar" else None
     cfg = dataclasses.replace(cfg, mode=mode)  # resolved: the loaders compile for it
-    # bcc compiles in loader processes, never here (loader.py)
-    bpf_programs.start(cfg, need_tracefs=bool(cfg.syscalls or cfg.exec or cfg.tcp or cfg.drops
-                                              or cfg.programs or cfg.program_crds))
+    bpf_programs.start(cfg, need_tracefs=bool(cfg.tcp or cfg.drops or cfg.programs
+                                              or cfg.program_crds))
     health = Health(mode=mode)
     status = CollectorStatus()
     health.checks["collectors"] = status.problem
@@ -262,7 +261,6 @@ async def run(cfg: Config) -> int:
         # What the programs count as "in a pod": every pod below the kubepods roots, or in
         # sidecar mode only this pod's cgroup (filtered in the kernel).
         scope = own_pod_scope(resolver, identity) if identity else resolver
-        bpf_programs.request(scope)  # every enabled program starts compiling now
         net, tc_programs = load_collector(cfg, status, "network",
                                           lambda: load_network_programs(cfg)) or (None, {})
         if net is not None:
@@ -371,7 +369,7 @@ async def run(cfg: Config) -> int:
             registry.register(BuildInfo())
             registry.register(status)
             # The start-up's freed heap, and the compiler's pages where --programs compiled
-            # user programs in this process (podsnoop's own compile in loader processes).
+            # user programs in this process (podsnoop's own programs are precompiled).
             release_compiler_memory()
             await links.start()
             freeze_startup_objects()
@@ -386,7 +384,6 @@ async def run(cfg: Config) -> int:
             await links.stop()
             links = None
     finally:
-        bpf_programs.stop()  # loader children still running after an error
         for task in tasks:
             task.cancel()
         if watcher is not None:

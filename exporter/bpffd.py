@@ -1,16 +1,15 @@
 """BPF programs and maps held by file descriptor only: what the serving process uses.
 
-The serving process never compiles: a short-lived loader process (exporter/bpfchild.py)
-compiles and loads the programs with bcc and hands over the file descriptors of their
-maps, programs and attachments (exporter/loader.py). This module gives the collectors
-objects with the parts of bcc's interface they use (`bpf["map"]`, a table's Key, Leaf,
+podsnoop's programs are precompiled objects that libbpf loads (exporter/bpfobject.py),
+after which only the file descriptors of their maps, programs and attachments are kept.
+This module gives the collectors objects with the parts of bcc's interface they use (`bpf["map"]`, a table's Key, Leaf,
 sLeaf, map_fd, ttype, max_entries, total_cpu, item get/set/delete, keys(), ring buffers,
 `load_func(name, type).fd`, `cleanup()`) on top of libbpf's fd-based calls.
 
 Importing bcc maps libbcc and with it libLLVM and libclang (~60 MB resident by itself), so
 nothing here imports bcc: map access goes through libbpf.so.1 (a few hundred KB), and the
-key and value types are ctypes types rebuilt from a plain description the loader sends
-(type_spec / build_type).
+key and value types are ctypes types built from a plain description (type_spec /
+build_type) that the object's BTF gives (btf.BTF.ctypes_spec).
 """
 from __future__ import annotations
 

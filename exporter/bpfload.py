@@ -1,8 +1,10 @@
-"""Find, check and compile podsnoop's BPF C sources with bcc.
+"""Where podsnoop's BPF objects and sources are, the privilege and tracefs checks, and the
+bcc compile of user programs in bcc C (exporter/programs/).
 
-Compilation happens at start, on the node, against its kernel headers. Every way this can
-fail on a real node (not root, bcc missing, no headers, no tracefs) is checked first and
-reported as one PodsnoopError with the fix, instead of a clang or ctypes traceback.
+podsnoop's own programs are precompiled (bpf/<name>.bpf.o, OBJECT_DIR); only user
+programs are compiled at start, with bcc, against the node's kernel headers. Every way
+that can fail on a real node (not root, bcc missing, no headers, no tracefs) is reported as
+one PodsnoopError with the fix, instead of a clang or ctypes traceback.
 """
 from __future__ import annotations
 
@@ -28,10 +30,24 @@ def _bpf_dir() -> Path:
         return Path(os.environ["PODSNOOP_BPF_DIR"])
     here = Path(__file__).resolve().parent
     installed = here / "bpf"
-    return installed if (installed / "net.c").is_file() else here.parent / "bpf"
+    return installed if (installed / "podfilter.h").is_file() else here.parent / "bpf"
 
 
 BPF_DIR = _bpf_dir()
+
+
+def _object_dir() -> Path:
+    """Where the precompiled objects (<name>.bpf.o) are: PODSNOOP_BPF_OBJECT_DIR if set;
+    else beside the sources in an installed wheel (exporter/bpf); else bpf/.output, where
+    bpf/Makefile builds them in a checkout."""
+    if os.environ.get("PODSNOOP_BPF_OBJECT_DIR"):
+        return Path(os.environ["PODSNOOP_BPF_OBJECT_DIR"])
+    installed = Path(__file__).resolve().parent / "bpf"
+    return installed if (installed / "net.bpf.o").is_file() else \
+        Path(__file__).resolve().parent.parent / "bpf" / ".output"
+
+
+OBJECT_DIR = _object_dir()
 TRACEFS = "/sys/kernel/tracing"
 CAP_SYS_ADMIN, CAP_BPF = 21, 39
 
@@ -107,14 +123,6 @@ def ensure_tracefs() -> None:
                             f"{TRACEFS} into the container)")
 
 
-def preflight(need_tracefs: bool) -> None:
-    check_privileges()
-    import_bcc()
-    check_kernel_headers()
-    if need_tracefs:
-        ensure_tracefs()
-
-
 def tracepoint_fields(category: str, event: str) -> set[str]:
     """Field names of a tracepoint's record (fields get added across kernel versions);
     empty if tracefs does not have it."""
@@ -174,12 +182,16 @@ def _raise_if_refused(failure: Exception, log_text: str, source: str) -> None:
     """bcc's "Failed to load BPF program X" with the verifier's log on stderr: say so."""
     refused = re.search(r"Failed to load BPF program b?'?([\w.]+)'?", str(failure))
     if refused:
-        log.debug("verifier log of %s/%s:\n%s", source, refused.group(1), log_text)
-        raise CollectorUnavailable(
-            f"the kernel's verifier refused {refused.group(1)} of {source}: "
-            f"{verifier_cause(log_text)}",
-            "run with --log-level debug for the verifier's whole log; report it as a "
-            "podsnoop bug with `uname -r`", reason="verifier refused")
+        raise verifier_refusal(refused.group(1), source, log_text)
+
+
+def verifier_refusal(program: str, source: str, log_text: str) -> CollectorUnavailable:
+    """The one line for a program the verifier refused (its whole log at debug level)."""
+    log.debug("verifier log of %s/%s:\n%s", source, program, log_text)
+    return CollectorUnavailable(
+        f"the kernel's verifier refused {program} of {source}: {verifier_cause(log_text)}",
+        "run with --log-level debug for the verifier's whole log; report it as a podsnoop "
+        "bug with `uname -r`", reason="verifier refused")
 
 
 def load_function(bpf, function: str, prog_type: int, source: str):

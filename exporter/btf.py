@@ -83,7 +83,10 @@ class BTF:
                                for i in range(0, 3 * vlen, 3)]
                 else:
                     members = [(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, 3 * vlen, 3)]
-            elif kind == KIND_INT or kind == KIND_VAR or kind == KIND_DECL_TAG:
+            elif kind == KIND_INT:
+                members = [struct.unpack_from(e + "I", buf, pos)[0]]  # encoding, bits
+                pos += 4
+            elif kind == KIND_VAR or kind == KIND_DECL_TAG:
                 pos += 4
             elif kind == KIND_ARRAY:
                 elem, _index, nelems = struct.unpack_from(e + "3I", buf, pos)
@@ -100,7 +103,8 @@ class BTF:
                 pos += 12 * vlen
             elif kind == KIND_FUNC_PROTO:
                 pos += 8 * vlen
-            elif kind == KIND_DATASEC:
+            elif kind == KIND_DATASEC:  # (var type id, offset, size) of each variable
+                members = [struct.unpack_from(e + "3I", buf, pos + 12 * i) for i in range(vlen)]
                 pos += 12 * vlen
             elif kind in (KIND_PTR, KIND_FWD, KIND_FUNC, KIND_FLOAT) or kind in _MODIFIERS:
                 pass
@@ -173,6 +177,56 @@ class BTF:
             return t.members[1] * self._sizeof(t.members[0])
         return t.size_or_type
 
+    def datasec(self, name: str) -> dict[str, tuple[int, int]]:
+        """Variables of a data section (e.g. an object's .rodata): name -> (offset, size)."""
+        for t in self.types:
+            if t is not None and t.kind == KIND_DATASEC and self._str(t.name_off) == name:
+                return {self._str(self.types[var].name_off): (off, size)
+                        for var, off, size in t.members}
+        raise BTFError(f"no data section {name} in the BTF")
+
+    def ctypes_spec(self, tid: int) -> tuple:
+        """The type as exporter/bpffd.py's type_spec description (ctypes, rebuilt there):
+        structs get explicit padding and _pack_ 1, so every member sits at its BTF offset."""
+        tid = self._resolve(tid)
+        t = self.types[tid]
+        if t is None:
+            raise BTFError("void has no layout")
+        if t.kind == KIND_INT:
+            if t.size_or_type == 1 and self._str(t.name_off) == "char":
+                return ("simple", "c_char")  # char[] as bytes, as bcc maps them
+            signed = t.members[0] >> 24 & 1
+            return ("simple", {1: "c_int8", 2: "c_int16", 4: "c_int32", 8: "c_int64"}[
+                t.size_or_type] if signed else {1: "c_uint8", 2: "c_uint16", 4: "c_uint32",
+                                                 8: "c_uint64"}[t.size_or_type])
+        if t.kind in (KIND_ENUM, KIND_ENUM64):
+            return ("simple", {1: "c_uint8", 2: "c_uint16", 4: "c_uint32",
+                               8: "c_uint64"}[t.size_or_type])
+        if t.kind == KIND_PTR:
+            return ("simple", "c_uint64")
+        if t.kind == KIND_ARRAY:
+            return ("array", self.ctypes_spec(t.members[0]), t.members[1])
+        if t.kind in (KIND_STRUCT, KIND_UNION):
+            fields, anonymous, at = [], [], 0
+            for i, (m_name, m_type, bit_off) in enumerate(t.members):
+                if bit_off % 8:
+                    raise BTFError("bit fields are not supported in map keys and values")
+                name = self._str(m_name) if m_name else f"_anon{i}"
+                if not m_name:
+                    anonymous.append(name)
+                off = bit_off // 8
+                if t.kind == KIND_STRUCT and off > at:
+                    fields.append((f"_pad{i}", ("array", ("simple", "c_uint8"), off - at)))
+                fields.append((name, self.ctypes_spec(m_type)))
+                at = off + self._sizeof(m_type)
+            if t.kind == KIND_STRUCT and t.size_or_type > at:
+                fields.append(("_pad_end", ("array", ("simple", "c_uint8"),
+                                            t.size_or_type - at)))
+            name = self._str(t.name_off) or f"anon{tid}"
+            return ("union" if t.kind == KIND_UNION else "struct", name, 1, tuple(anonymous),
+                    tuple(fields))
+        raise BTFError(f"BTF kind {t.kind} has no ctypes layout")
+
     def enum(self, name: str) -> dict[str, int]:
         for kind in (KIND_ENUM, KIND_ENUM64):
             tid = self._by_name.get((kind, name))
@@ -227,36 +281,3 @@ def task_cgroup_offsets(b: BTF | None = None) -> dict[str, int]:
     b = b or vmlinux()
     return {"TASK_CGROUPS_OFF": b.offset("task_struct", "cgroups"),
             "CSS_SET_DFL_CGRP_OFF": b.offset("css_set", "dfl_cgrp")}
-
-
-def has_map_type(name: str, b: BTF | None = None) -> bool:
-    """Whether the kernel knows BPF map type `name` (e.g. BPF_MAP_TYPE_TASK_STORAGE)."""
-    b = b or vmlinux()
-    try:
-        return name in b.enum("bpf_map_type")
-    except BTFError:
-        return False
-
-
-def tcp_skb_offsets(b: BTF | None = None) -> dict[str, int]:
-    """-D value for bpf/tcp.c: where a write-queue skb keeps its segment count
-    (TCP_SKB_CB(skb)->tcp_gso_segs, what the kernel's tcp_skb_pcount() reads)."""
-    b = b or vmlinux()
-    if b.size("tcp_skb_cb", "tcp_gso_segs") != 2:
-        raise BTFError("tcp_skb_cb.tcp_gso_segs is not a u16 in the kernel's BTF")
-    return {"SKB_TCP_GSO_SEGS_OFF": b.offset("sk_buff", "cb")
-            + b.offset("tcp_skb_cb", "tcp_gso_segs")}
-
-
-def syscall_nr_offsets(b: BTF | None = None) -> dict[str, int]:
-    """-D values for bpf/syscalls.c: where the syscall number sits in struct pt_regs
-    (orig_ax on x86_64, syscallno on arm64), for the raw sys_exit tracepoint, whose
-    arguments are (regs, ret)."""
-    b = b or vmlinux()
-    for member in ("orig_ax", "syscallno"):
-        try:
-            return {"SYSCALL_NR_OFF": b.offset("pt_regs", member),
-                    "SYSCALL_NR_SIZE": b.size("pt_regs", member)}
-        except BTFError:
-            continue
-    raise BTFError("struct pt_regs has neither orig_ax nor syscallno in the kernel's BTF")

@@ -1,4 +1,4 @@
-"""Keep bpf/syscalls.c's kubepods_roots map equal to the node's kubepods root cgroups.
+"""Keep bpf/syscalls.bpf.c's kubepods_roots map equal to the node's kubepods root cgroups.
 
 The syscall programs count a task only if its ancestor cgroup at KUBEPODS_LEVEL is a
 kubepods root, so a new container is counted from its first syscall without userspace
@@ -29,7 +29,7 @@ def filter_defines(level: int, filter_pods: bool = True) -> dict[str, int]:
                  MAX_KUBEPODS_ROOTS=MAX_ROOTS, ANCESTOR_HELPER=1)
     if not kfeatures.tracing_ancestor_cgroup_helper():
         from . import btf
-        _say_once("tracing programs of this kernel may not call "
+        say_once("tracing programs of this kernel may not call "
                   "bpf_get_current_ancestor_cgroup_id (5.14+): the pod filter reads the "
                   "task's cgroup instead")
         flags.update(ANCESTOR_HELPER=0, **btf.socket_offsets(), **btf.task_cgroup_offsets())
@@ -37,7 +37,7 @@ def filter_defines(level: int, filter_pods: bool = True) -> dict[str, int]:
 
 
 @lru_cache(maxsize=None)
-def _say_once(message: str) -> None:
+def say_once(message: str) -> None:
     log.info(message)
 
 

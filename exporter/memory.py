@@ -1,8 +1,9 @@
 """Give back the memory the BPF compile used, once all programs are compiled.
 
-Since the loader processes (loader.py) compile, the serving process maps no compiler and
-release_compiler_memory() finds nothing of it to drop; its malloc_trim still returns the
-start-up's freed heap. Kept for anything that compiles in-process (tests, tools).
+podsnoop's own programs are precompiled (loader.py), so without user programs in bcc C the
+serving process maps no compiler and release_compiler_memory() finds nothing of it to
+drop; its malloc_trim still returns the start-up's freed heap. With --programs, bcc
+compiles the user programs in this process and this gives back what it can.
 
 bcc compiles with LLVM and clang (libLLVM, libclang-cpp). A compile leaves ~40 MB of freed
 heap that glibc keeps, and ~85 MB of those libraries' code pages resident that the exporter

@@ -21,7 +21,7 @@ NET_TRANSMIT_PACKETS = "podsnoop_network_transmit_packets"
 NET_DROPS = "podsnoop_network_drops"
 NET_LABELS = POD_LABELS + ("interface", "protocol")
 
-# Protocol classes counted by bpf/net.c. The index is the value the BPF program stores; the
+# Protocol classes counted by bpf/net.bpf.c. The index is the value the BPF program stores; the
 # loader passes these to the C code as -DPROTO_<NAME>=<index>, so this tuple is the only list.
 PROTOCOLS = ("other", "tcp", "udp", "icmp", "icmpv6")
 
@@ -29,7 +29,7 @@ PROTOCOLS = ("other", "tcp", "udp", "icmp", "icmpv6")
 DIR_RECEIVE = 0   # into the pod
 DIR_TRANSMIT = 1  # out of the pod
 # (TC ingress, TC egress) directions of the interfaces each mode attaches to: node mode the
-# host side of pod veths, sidecar mode the pod's own interfaces (bpf/net.c).
+# host side of pod veths, sidecar mode the pod's own interfaces (bpf/net.bpf.c).
 HOOK_DIRECTIONS = {"node": (DIR_TRANSMIT, DIR_RECEIVE), "sidecar": (DIR_RECEIVE, DIR_TRANSMIT)}
 
 # Syscalls (raw_syscalls tracepoints keyed by cgroup id).
@@ -95,7 +95,7 @@ BPF_PROGRAM_RUNS = "podsnoop_bpf_program_runs"                # counter, label p
 BPF_STATS_ENABLED = "podsnoop_bpf_stats_enabled"              # 1 while the figures are kept
 NODE_CPUS = "podsnoop_node_cpus"                              # to express them as a share
 
-# Resize on exec (issue 8): pods opt in with this annotation; bpf/resize.c matches execs in
+# Resize on exec (issue 8): pods opt in with this annotation; bpf/resize.bpf.c matches execs in
 # the kernel and exporter/resize/ patches the container's resources through the API.
 RESIZE_ANNOTATION = "podsnoop.io/resize-on-exec"
 RESIZE_ACTIONS = "podsnoop_resize_actions"                  # _total added by the client

@@ -44,9 +44,9 @@ base_id=$(podman image inspect --format '{{.Id}}' "$base")
 # left out), the Dockerfile, its ignore file, this script and the base image.
 inputs_hash=$( {
   echo "base $base_id"
-  find pyproject.toml README.md exporter bpf deploy/Dockerfile deploy/Dockerfile.dockerignore \
+  find pyproject.toml setup.py README.md exporter bpf deploy/Dockerfile deploy/Dockerfile.dockerignore \
        scripts/image.sh -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
-       ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum
+       ! -path '*.egg-info/*' ! -path 'bpf/.output/*' -print0 | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-16)
 image="localhost/podsnoop:src-$inputs_hash"
 

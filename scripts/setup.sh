@@ -15,7 +15,9 @@ apt_pkgs=(python3-bpfcc bpfcc-tools linux-headers-cloud-amd64 iproute2 iputils-p
           buildah podman runc mmdebstrap gpgv uidmap
           # the kernel matrix (scripts/kmatrix/, tests/test_kernel_matrix.py): qemu boots
           # Debian's kernels; bpftool lists what is left loaded after a test
-          qemu-system-x86 qemu-utils busybox-static cpio zstd xz-utils bpftool)
+          qemu-system-x86 qemu-utils busybox-static cpio zstd xz-utils bpftool
+          # the precompiled CO-RE programs (bpf/Makefile)
+          clang llvm libbpf-dev make)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -50,6 +52,9 @@ fi
 if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
   mount -t tracefs tracefs /sys/kernel/tracing
 fi
+
+# The precompiled CO-RE programs, bpf/.output/<name>.bpf.o (rebuilt when a source changes).
+make -s -C "$here/bpf"
 
 # The kernel matrix's kernels: Debian's linux-image/linux-headers .debs (cached outside the
 # checkout, shared by clones; downloaded once: rm -r the cache to take newer ones).

@@ -24,11 +24,12 @@ def kernel_problem() -> str | None:
     """None if this machine can compile and load podsnoop's programs, else why not."""
     if "problem" not in _kernel:
         try:
-            from exporter import bpfload
-            bpfload.preflight(need_tracefs=True)
-            bpf = bpfload.compile_program("net", bpfload.defines(NET_MAX_ENTRIES=64))
-            bpf.load_func("podsnoop_tc_ingress", bpf.SCHED_CLS)
-            bpf.cleanup()
+            from exporter import bpfload, config
+            from exporter import loader
+            bpfload.check_privileges()
+            bpfload.ensure_tracefs()
+            net = loader.load_object("net", config.parse(["--mode", "node"]), 1)  # libbpf
+            net.cleanup()
             _kernel["problem"] = None
         except Exception as e:  # noqa: BLE001 - any failure means no kernel tests
             _kernel["problem"] = f"{type(e).__name__}: {e}"

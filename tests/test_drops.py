@@ -12,7 +12,7 @@ from exporter import names
 from exporter.collectors.drops import FORMAT, ReasonNamer
 from exporter.tc import TC_H_EGRESS, TC_H_INGRESS
 from conftest import run_exporter
-from test_exec import BPF_PROG_TYPE_TRACEPOINT, prog_types
+from test_exec import BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_TRACEPOINT, prog_types
 from test_network import wait_for
 from test_tcp import Impairment
 
@@ -171,13 +171,14 @@ def test_drops_off_loads_no_program(pods):
     off = ("--syscalls", "off", "--exec", "off", "--tcp", "off")
     proc = run_exporter(pods, *off, "--drops", "off")
     try:
-        assert BPF_PROG_TYPE_TRACEPOINT not in prog_types(proc.proc.pid)
+        assert not {BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT} & set(
+            prog_types(proc.proc.pid))
         assert not proc.metrics().series(names.SCRAPE_COLLECTOR_SUCCESS, collector="drops")
     finally:
         assert proc.stop() == 0
     proc = run_exporter(pods, *off, "--drops", "on")
     try:
-        assert prog_types(proc.proc.pid).count(BPF_PROG_TYPE_TRACEPOINT) == 1
+        assert prog_types(proc.proc.pid).count(BPF_PROG_TYPE_RAW_TRACEPOINT) == 1  # kfree_skb
         assert proc.metrics().value(names.SCRAPE_COLLECTOR_SUCCESS, collector="drops") == 1
     finally:
         assert proc.stop() == 0

@@ -174,7 +174,8 @@ def test_exec_off_loads_no_program(pods, true_copy):
     off = ("--syscalls", "off", "--tcp", "off", "--drops", "off", "--container-network", "off")
     proc = run_exporter(pods, *off, "--exec", "off")
     try:
-        assert BPF_PROG_TYPE_TRACEPOINT not in prog_types(proc.proc.pid)
+        assert not {BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT} & set(
+            prog_types(proc.proc.pid))
         pod = pods.create()
         pod.exec(loop(true_copy, 3))
         m = proc.metrics()
@@ -184,7 +185,7 @@ def test_exec_off_loads_no_program(pods, true_copy):
         assert proc.stop() == 0
     proc = run_exporter(pods, *off, "--exec", "on")
     try:
-        assert prog_types(proc.proc.pid).count(BPF_PROG_TYPE_TRACEPOINT) == 1
+        assert prog_types(proc.proc.pid).count(BPF_PROG_TYPE_RAW_TRACEPOINT) == 1
         assert proc.metrics().value(names.SCRAPE_COLLECTOR_SUCCESS, collector="exec") == 1
     finally:
         assert proc.stop() == 0

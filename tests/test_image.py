@@ -183,16 +183,16 @@ def test_image_as_the_manifest_says_counts_exactly(image, pods, components):
     assert BUNDLED_LINE not in out, out
 
 
-def test_image_uses_its_bundled_headers_on_a_node_without_any(image, pods, tmp_path):
-    """hostPath /lib/modules and /usr/src empty, as on a node without a headers package."""
+def test_image_counts_exactly_on_a_node_without_kernel_headers(image, pods, tmp_path):
+    """hostPath /lib/modules and /usr/src empty, as on a node without a headers package:
+    the programs are precompiled, nothing looks for headers (they matter to user programs
+    in bcc C only)."""
     empty = {p: str(tmp_path / p.strip("/").replace("/", "-")) for p in ("/lib/modules", "/usr/src")}
     pod = pods.create()
     with podrunc.ManifestContainer(image, DEPLOY / "daemonset.yaml", extra_args=confined(pods),
                                    host_paths=empty) as c:
         out = count_and_stop(c, pod)
-    lines = [ln for ln in out.splitlines() if BUNDLED_LINE in ln]
-    assert len(lines) == 1, out
-    assert f"kernel headers for {os.uname().release} not found at /lib/modules/" in lines[0]
+    assert BUNDLED_LINE not in out and "kernel headers" not in out, out
 
 
 def _without_cgroup_mount(wl):

@@ -1,18 +1,14 @@
-"""The serving process never compiles: bcc compiles and loads in short-lived loader
-processes that hand over fds (exporter/loader.py, exporter/bpfchild.py), and the fd-only
-tables (exporter/bpffd.py) behave like bcc's for everything the collectors use."""
+"""The serving process never compiles: podsnoop's programs are precompiled objects that
+libbpf loads in it (exporter/loader.py, exporter/bpfobject.py), and the fd-only tables
+(exporter/bpffd.py) behave like bcc's for everything the collectors use."""
 from __future__ import annotations
 
 import ctypes as ct
 import errno
 import os
 import platform
-import shutil
 import signal
 import struct
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +16,6 @@ import pytest
 from exporter import bpfload
 from exporter.bpffd import FdTable, PERCPU_TYPES, type_spec
 from exporter.collectors import bpfmaps
-from exporter.exporterproc import ExporterProcess
 from conftest import our_filters, run_exporter
 from test_exec import fdinfo_values
 from test_network import wait_for
@@ -80,14 +75,14 @@ def process_gone(pid: int) -> bool:
 # -- the serving process ------------------------------------------------------------------
 def test_serving_process_has_not_compiled(pods):
     """Every program on (container network, exec log with its ring buffer too): after ready
-    the exporter has no compiler library mapped, no loader child left, and holds the maps."""
+    the exporter has no compiler library mapped, started no child, and holds the maps."""
     pod = pods.create()
     proc = run_exporter(pods, "--container-network", "on", "--exec-log", "5")
     try:
         pid = proc.proc.pid
         wait_for(lambda: len(our_filters(pod.host_if)) == 2, what="attach")
         assert compiler_mappings(pid) == set()
-        wait_for(lambda: not children(pid), what="the loader processes to be gone")
+        assert not children(pid)
         from soak_helpers import map_ids
         held = set(map_ids(pid))
         for name in ("net_counters", "syscall_counts", "syscall_latency", "exec_counts",
@@ -112,42 +107,6 @@ def test_exit_leaves_no_program_behind(pods, sig):
     assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), proc.output()
     wait_for(lambda: not any(program_exists(i) for i in ids), timeout=30,
              what="the programs to be freed")
-
-
-def test_loader_children_die_with_the_serving_process(pods):
-    """A SIGKILL during start-up (loaders still compiling) takes the loaders with it."""
-    for _ in range(5):
-        proc = ExporterProcess("--kube", "off", "--interfaces", "nothing-matches",
-                               "--kubepods-root", str(pods.kubepods)).start(wait_ready=0)
-        seen: set[int] = set()
-        deadline = time.monotonic() + 60
-        while not seen and proc.proc.poll() is None and time.monotonic() < deadline:
-            seen = children(proc.proc.pid)
-            time.sleep(0.005)
-        proc.stop(signal.SIGKILL)
-        if seen:
-            wait_for(lambda: all(process_gone(p) for p in seen), timeout=30,
-                     what="the loader processes to die")
-            return
-    pytest.fail("never saw a loader process during five starts")
-
-
-def test_compile_error_in_a_loader_is_one_clean_line(tmp_path, kernel):
-    bpf_dir = tmp_path / "bpf"
-    shutil.copytree(bpfload.BPF_DIR, bpf_dir)
-    with open(bpf_dir / "net.c", "a") as f:
-        f.write("\nthis is not C;\n")
-    # net is the only collector here: with others, the network collector alone would go
-    # off (tests/test_degrade.py)
-    r = subprocess.run([sys.executable, "-m", "exporter", "--kube", "off", "--listen",
-                        "127.0.0.1:0", "--syscalls", "off", "--exec", "off", "--tcp", "off",
-                        "--drops", "off"], capture_output=True, text=True, timeout=120, cwd=REPO,
-                       env={**os.environ, "PODSNOOP_BPF_DIR": str(bpf_dir)})
-    out = r.stdout + r.stderr
-    assert r.returncode == 1, out
-    assert "Traceback" not in out, out
-    assert "podsnoop: error: compiling net.c failed:" in out, out
-    assert "podsnoop: fix:" in out, out
 
 
 # -- fd-only tables against bcc's ----------------------------------------------------------
@@ -203,35 +162,28 @@ def test_fd_tables_read_and_write_like_bcc(maps, name):
         os.close(ours.map_fd)
 
 
-# -- the loader protocol, both ways of spreading the work ----------------------------------
-@pytest.mark.parametrize("loaders", [1, 2])
-def test_every_program_loads_through_one_or_two_loaders(kernel, loaders):
+# -- every object, as the app loads them -------------------------------------------------
+def test_every_object_loads_with_every_option(kernel):
     from exporter import config
     from exporter import loader as programs
     from exporter.bpffd import MAP_RINGBUF
     from exporter.collectors.drops import reason_names
     cfg = config.parse(["--kube", "off", "--container-network", "on", "--exec-log", "3",
                         "--resize", "dry-run", "--net-map-entries", "1234"])
-    names = programs.enabled(cfg)
-    assert sorted(names) == sorted(programs.BUILDERS)  # every program there is
-    loader = programs.ProgramLoader(cfg, loaders=loaders)
     got = {}
     try:
-        assert len(loader.loaders) == loaders
-        loader.preflight()
-        loader.request(level=1)
-        for name in names:
-            got[name] = loader.get(name, 1)
-        assert all(x.proc.poll() == 0 for x in loader.loaders)  # exited by themselves
+        for name in programs.OBJECTS:
+            got[name] = programs.load(name, cfg)
         assert got["net"]["net_counters"].max_entries == 1234
         assert got["net"].load_func("podsnoop_tc_ingress", got["net"].SCHED_CLS).fd > 2
         assert len(got["cgroup_net"].funcs) == 2
+        assert sorted(got["syscalls"].funcs) == ["sys_enter", "sys_exit"]
         assert len(got["syscalls"].attachments) == 2   # sys_enter, sys_exit
         events = got["exec"]["exec_events"]
         assert events.ttype == MAP_RINGBUF
         assert {"pid", "ppid", "comm", "filename"} <= {f[0] for f in events._event_class._fields_}
         assert got["resize"]["resize_events"]._event_class is not None
-        assert got["drops"].info["reasons"] == reason_names()  # read from BTF by the loader
+        assert got["drops"].info["reasons"] == reason_names()  # read from BTF at load
         # the kubepods filter maps the serving process writes
         for name in ("syscalls", "exec", "tcp"):
             table = got[name]["kubepods_roots"]
@@ -240,30 +192,5 @@ def test_every_program_loads_through_one_or_two_loaders(kernel, loaders):
             table[ct.c_int(0)] = leaf
             assert list(table[ct.c_int(0)].ids)[:2] == [42, 0]
     finally:
-        loader.close()
         for program in got.values():
             program.cleanup()
-
-
-def test_one_loader_when_the_memory_cgroup_has_no_room_for_two(kernel, tmp_path):
-    """A pod memory limit counts the loaders too: under 2 x LOADER_PEAK of room, one."""
-    from exporter import loader as programs
-    from exporter.cgroups import find_cgroup2_mount
-    if Path("/sys/fs/cgroup/memory/cgroup.procs").exists():      # v1 (hybrid) memory
-        cg, limit_file = Path("/sys/fs/cgroup/memory") / tmp_path.name, "memory.limit_in_bytes"
-    else:                                                         # unified
-        cg, limit_file = Path(find_cgroup2_mount()) / tmp_path.name, "memory.max"
-    cg.mkdir()
-    try:
-        (cg / limit_file).write_text(str(300 << 20))
-        code = "from exporter import loader as p; print(p.memory_headroom(), p.loader_count(5))"
-        r = subprocess.run(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh",
-                            sys.executable, "-c", code],
-                           capture_output=True, text=True, timeout=60, cwd=REPO)
-        assert r.returncode == 0, r.stderr
-        headroom, count = (int(x) for x in r.stdout.split())
-        assert 0 < headroom <= 300 << 20
-        assert headroom < programs.LOADERS * programs.LOADER_PEAK
-        assert count == 1
-    finally:
-        cg.rmdir()

@@ -1,5 +1,5 @@
 """Resize on exec, end to end: real test pods (cgroups, processes), the real exporter process
-with bpf/resize.c loaded, the real kubernetes client, and the test API server recording
+with bpf/resize.bpf.c loaded, the real kubernetes client, and the test API server recording
 every PATCH with its arrival time.
 
 The commands are copies of /bin/sleep under names nothing else on the machine uses, started

@@ -176,6 +176,6 @@ def test_counts_only_mode_has_no_entry_program_and_counts_exactly(pods):
         assert not m.samples.get(HIST_COUNT)
         programs = {lab["program"] for lab in m.series(names.BPF_PROGRAM_RUNS + "_total")
                     if lab["program"].startswith("syscalls/")}
-        assert programs == {"syscalls/raw_tracepoint__sys_exit"}, programs
+        assert programs == {"syscalls/sys_exit"}, programs
     finally:
         assert proc.stop() == 0, proc.output()

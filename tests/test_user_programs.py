@@ -104,10 +104,12 @@ SCHED_GET_PRIORITY_MAX = 146  # a syscall nothing else on the node makes
 
 
 def test_ported_ebpf_exporter_example_counts_a_syscall_exactly(factory, tmp_path):
-    assert (PROGRAMS / "syscalls.yaml").read_text() == subprocess.run(
+    # unchanged from upstream, where a mirror of ebpf_exporter is at hand (not in CI's
+    # clean machine: the mirror is no part of the project)
+    mirror = Path("/work/.mirror/cloudflare+ebpf_exporter/repo")
+    assert not mirror.is_dir() or (PROGRAMS / "syscalls.yaml").read_text() == subprocess.run(
         ["git", "show", f"{EBPF_EXPORTER_SYSCALLS_YAML_SHA}:examples/syscalls.yaml"],
-        cwd="/work/.mirror/cloudflare+ebpf_exporter/repo", capture_output=True,
-        text=True).stdout or not Path("/work/.mirror/cloudflare+ebpf_exporter/repo").is_dir()
+        cwd=mirror, capture_output=True, text=True).stdout
     pod = factory.create()
     with run_exporter(factory, "--programs", str(_dir(tmp_path, "syscalls")), *QUIET) as e:
         name = "podsnoop_syscalls_total"

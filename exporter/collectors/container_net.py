@@ -1,4 +1,4 @@
-"""Per-container network bytes and packets, from bpf/cgroup_net.c's container_net map.
+"""Per-container network bytes and packets, from bpf/cgroup_net.bpf.c's container_net map.
 
 `podsnoop_container_network_{receive,transmit}_{bytes,packets}_total{namespace, pod,
 pod_uid, container, container_id}` count the IP packets of each container's own sockets.
@@ -111,8 +111,8 @@ class CgroupLinks:
 
 
 def load_programs(cfg, resolver):
-    """Compile the cgroup_skb programs and link them to the kubepods roots."""
-    bpf = loader.load("cgroup_net", cfg, resolver)  # flags: loader._cgroup_net
+    """Load the cgroup_skb programs and link them to the kubepods roots."""
+    bpf = loader.load("cgroup_net", cfg, resolver)  # given: loader._cgroup_net_object
     links = CgroupLinks(bpf, resolver)
     roots = list(resolver.kubepods_roots)
     for root in roots:

@@ -1,10 +1,10 @@
-"""Per-pod packet drops by the kernel's drop reason, from bpf/drops.c's drop_counts map.
+"""Per-pod packet drops by the kernel's drop reason, from bpf/drops.bpf.c's drop_counts map.
 
 `podsnoop_network_drops_total{namespace,pod,pod_uid,direction,reason}`: packets of a pod
 that the kernel freed as dropped (skb:kfree_skb), where the drop happened in the pod's
 network namespace (any of its devices or sockets) or on its host-side veth. direction is
 from the pod's point of view, like the network counters: receive = on the way into the pod,
-transmit = on the way out (see bpf/drops.c for how each drop is placed).
+transmit = on the way out (see bpf/drops.bpf.c for how each drop is placed).
 
 reason is the kernel's `enum skb_drop_reason` name without the SKB_DROP_REASON_ prefix
 (NO_SOCKET, TC_INGRESS, NETFILTER_DROP, SOCKET_RCVBUFF, ...), read from the running kernel's
@@ -80,8 +80,8 @@ FORMAT = bpfload.TRACEFS + "/events/skb/kfree_skb/format"
 
 
 def load_programs(cfg):
-    """The drop program, compiled, loaded and attached by the loader process (flags, and
-    the check that the tracepoint has a reason: loader._drops; a sidecar counts only its
+    """The drop program, precompiled, loaded and attached by libbpf (constants, and the
+    check that the tracepoint has a reason: loader._drops_object; a sidecar counts only its
     own, the pod's, network namespace)."""
     return loader.load("drops", cfg)
 
@@ -156,7 +156,7 @@ class OwnNetns:
 
 
 class PodInterfaces:
-    """Keeps bpf/drops.c's pod_ifindexes equal to the link manager's attached pod veths."""
+    """Keeps bpf/drops.bpf.c's pod_ifindexes equal to the link manager's attached pod veths."""
 
     def __init__(self, table, links):
         self.table = table

@@ -1,4 +1,4 @@
-"""Per-container exec counts by program name, from bpf/exec.c's exec_counts map.
+"""Per-container exec counts by program name, from bpf/exec.bpf.c's exec_counts map.
 
 `podsnoop_exec_total{..., comm}` counts sched_process_exec events per (container, comm);
 comm is what the kernel names the task after the exec (the basename of the executed file,
@@ -32,13 +32,11 @@ from .topn import OTHER, NamedCounters, TopN
 log = logging.getLogger(__name__)
 
 COUNTS_MAP = "exec_counts"
-RINGBUF_PAGES = 64          # 256 KiB with 4 KiB pages: ~800 events in flight
-FILENAME_LEN = 256
 
 
 def load_programs(cfg, resolver):
-    """The exec program, compiled, loaded and attached by the loader process (flags:
-    loader._exec)."""
+    """The exec program, loaded and attached (a raw tracepoint) by libbpf (what it is
+    given: loader._exec_object)."""
     bpf = loader.load("exec", cfg, resolver)
     return bpf, RootSync(bpf["kubepods_roots"], resolver, choose_level(resolver))
 
@@ -131,7 +129,7 @@ def _iso(wall: float) -> str:
 
 
 class ExecLog:
-    """Reads bpf/exec.c's ring buffer in a thread; keeps the last `per_pod` execs per pod.
+    """Reads bpf/exec.bpf.c's ring buffer in a thread; keeps the last `per_pod` execs per pod.
 
     Events are kept per cgroup as they arrive (a new container's cgroup may not be known to
     the resolver yet) and resolved to pods when read: at most `per_pod` per cgroup, and per

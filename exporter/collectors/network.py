@@ -1,4 +1,4 @@
-"""Per-pod network counters from bpf/net.c's net_counters map.
+"""Per-pod network counters from bpf/net.bpf.c's net_counters map.
 
 Keys are (ifindex, direction, protocol); the link manager knows which pod and interface an
 ifindex is. When a link disappears its last values are retired: kept (and exported) for the

@@ -1,4 +1,4 @@
-"""Per-container syscall counts, errors and latency from bpf/syscalls.c's maps.
+"""Per-container syscall counts, errors and latency from bpf/syscalls.bpf.c's maps.
 
 The maps hold cumulative per-(cgroup, syscall) counts. Each scrape takes the increase of
 every key since the previous scrape and adds it to the container's exported counters, so

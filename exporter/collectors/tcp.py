@@ -19,6 +19,7 @@ import time
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from .. import loader, names
+from ..bpfconsts import CONNECT_BUCKETS
 from ..kuberoots import RootSync, choose_level
 from .bpfmaps import read_summed
 from .cgroupdeltas import CgroupDeltas, map_families, percpu_slot
@@ -26,24 +27,12 @@ from .cgroupdeltas import CgroupDeltas, map_families, percpu_slot
 LATENCY_MAP, FAILURES_MAP, RETRANSMITS_MAP = ("tcp_connect_latency", "tcp_connect_failures",
                                               "tcp_retransmits")
 CONNECTING_MAP = "tcp_connecting"
-# Upper bounds (seconds) of the connect latency buckets: from a same-node connect (~50 us)
-# to SYN retransmits (1 s, 3 s, 7 s after the first SYN).
-CONNECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COUNTER_ENTRIES_PER_MAP = 16384
 
 
-def bucket_macro(bounds=CONNECT_BUCKETS) -> str:
-    """CONNECT_BUCKET(ns) for bpf/tcp.c: index of the first bound >= ns, len(bounds) = +Inf."""
-    expr = str(len(bounds))
-    for i in reversed(range(len(bounds))):
-        expr = f"((ns) <= {round(bounds[i] * 1e9)}ULL ? {i} : {expr})"
-    return expr
-
-
 def load_programs(cfg, resolver):
-    """The TCP programs, compiled, loaded and attached by the loader process (flags:
-    loader._tcp)."""
+    """The TCP programs, loaded and attached (raw tracepoints) by libbpf (what they are
+    given: loader._tcp_object)."""
     bpf = loader.load("tcp", cfg, resolver)
     return bpf, RootSync(bpf["kubepods_roots"], resolver, choose_level(resolver))
 

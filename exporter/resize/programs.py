@@ -1,4 +1,4 @@
-"""Load bpf/resize.c, keep its rule map equal to the pods' annotations, read its events.
+"""Load bpf/resize.bpf.c, keep its rule map equal to the pods' annotations, read its events.
 
 Three moving parts, each in its own daemon thread so none waits on another:
 - `RuleSync` (once a second): annotated pods of the pod index -> validated Rules -> the
@@ -35,8 +35,8 @@ RESCAN_SECONDS = 2.0      # a container not yet in the cgroup index: rescan at m
 
 
 def load_program(cfg):
-    """bpf/resize.c, compiled, loaded and attached (RAW_TRACEPOINT_PROBEs) by the loader
-    process (flags: exporter.loader._resize)."""
+    """bpf/resize.bpf.c, precompiled, loaded and attached (raw tracepoints) by libbpf in this
+    process (set before the load: exporter.loader._resize_object)."""
     from .. import loader as programs
     return programs.load("resize", cfg)
 

@@ -1,22 +1,35 @@
-// podsnoop: per-interface, per-direction, per-protocol packet and byte counters.
+// podsnoop: per-interface, per-direction, per-protocol packet and byte counters
+// (precompiled CO-RE; loaded by exporter/bpfobject.py).
 //
-// Attached with TC (clsact, direct-action). Which direction a hook is, the loader says
-// (INGRESS_DIR, EGRESS_DIR), so that both are the pod's point of view:
+// Attached with TC (tcx links, or clsact filters in direct-action mode). Which direction a
+// hook is, the loader says (.rodata ingress_dir, egress_dir), so that both are the pod's
+// point of view:
 //   node mode, the host side of each pod's veth: ingress = out of the pod (transmit),
 //     egress = into the pod (receive);
 //   sidecar mode, the pod's own interfaces: ingress = into the pod (receive),
 //     egress = out of it (transmit).
 // Every program returns TC_ACT_UNSPEC so the packet continues, unchanged, to the next
-// filter on the hook (a CNI's own program may sit behind ours).
-//
-// Compiled by bcc at start. The loader passes, from exporter/names.py:
-//   PROTO_OTHER PROTO_TCP PROTO_UDP PROTO_ICMP PROTO_ICMPV6, DIR_RECEIVE DIR_TRANSMIT,
-//   INGRESS_DIR EGRESS_DIR (one of the two each), NET_MAX_ENTRIES.
-#include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/in6.h>
-#include <uapi/linux/pkt_cls.h>
+// filter on the hook (a CNI's own program may sit behind ours). PROTO_* and DIR_* come from
+// exporter/names.py through the build (exporter/bpfconsts.py).
+#include "podsnoop.bpf.h"
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define TC_ACT_UNSPEC (-1)
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+// IPv6 next-header values (uapi/linux/in6.h; vmlinux.h has IPv4's IPPROTO_* enum only)
+#define IPPROTO_HOPOPTS 0
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_ICMPV6 58
+#define IPPROTO_DSTOPTS 60
+
+const volatile u8 ingress_dir = DIR_TRANSMIT;
+const volatile u8 egress_dir = DIR_RECEIVE;
 
 struct net_key {
     u32 ifindex;
@@ -31,9 +44,21 @@ struct net_value {
 };
 
 // Per-CPU: each CPU adds to its own slot, no atomics on the packet path; userspace sums.
-BPF_PERCPU_HASH(net_counters, struct net_key, struct net_value, NET_MAX_ENTRIES);
+// Its size is set before load from --net-map-entries.
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct net_key);
+    __type(value, struct net_value);
+} net_counters SEC(".maps");
+
 // Inserts that failed because net_counters was full.
-BPF_PERCPU_ARRAY(net_update_failures, u64, 1);
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, u32);
+    __type(value, u64);
+} net_update_failures SEC(".maps");
 
 #define ETH_HLEN_ 14
 #define VLAN_HLEN_ 4
@@ -140,25 +165,27 @@ static __always_inline int count(struct __sk_buff *skb, u8 dir)
     key.proto = classify_linear(skb);
     if (key.proto == PROTO_UNKNOWN)
         key.proto = classify(skb);
-    value = net_counters.lookup_or_try_init(&key, &zero);
+    value = lookup_or_init(&net_counters, &key, &zero);
     if (value) {
         value->packets += 1;
         value->bytes += skb->len;
     } else {
         u32 slot = 0;
-        u64 *failures = net_update_failures.lookup(&slot);
+        u64 *failures = bpf_map_lookup_elem(&net_update_failures, &slot);
         if (failures)
             *failures += 1;
     }
     return TC_ACT_UNSPEC;
 }
 
+SEC("tc")
 int podsnoop_tc_ingress(struct __sk_buff *skb)
 {
-    return count(skb, INGRESS_DIR);
+    return count(skb, ingress_dir);
 }
 
+SEC("tc")
 int podsnoop_tc_egress(struct __sk_buff *skb)
 {
-    return count(skb, EGRESS_DIR);
+    return count(skb, egress_dir);
 }

@@ -1,0 +1,196 @@
+// podsnoop: per-cgroup syscall counts, errors and latency, counted in the kernel
+// (precompiled CO-RE; loaded by exporter/bpfobject.py).
+//
+// With latency, sys_enter notes when a tracked thread entered a syscall and which one (the
+// tracepoint's own id argument); sys_exit counts the call (and an error if it returned
+// < 0) under (cgroup id, syscall nr) and adds the latency to a per-cgroup log2 histogram.
+// Counts only: no entry program at all, sys_exit filters and reads the syscall number from
+// the saved registers (pt_regs->orig_ax, relocated by CO-RE).
+//
+// Each program has variants, name__variant; the loader turns on one of each
+// (exporter/loader.py) and the collectors see it as plain sys_enter / sys_exit:
+//   __task    latency, the entry in task-local storage: no hashing on the hot path, freed
+//             by the kernel when the thread exits (tracing programs may use it from 5.13)
+//   __hash    latency before 5.13: a per-thread LRU hash, so that entries of threads that
+//             exited inside a syscall are recycled
+//   __counts  counts and errors only
+//
+// Raw tracepoints: they skip the perf record set-up on every syscall, and never mark the
+// CPU busy for the other tracepoint programs (bpf_prog_active) as perf-event ones do.
+#include "podfilter.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct syscall_key {
+    u64 cgroup_id;
+    u32 nr;
+    u32 pad;
+};
+
+struct syscall_value {
+    u64 calls;
+    u64 errors;
+};
+
+struct latency_key {
+    u64 cgroup_id;
+    u32 slot;  // log2 of the latency in ns: [2^slot, 2^(slot+1))
+    u32 pad;
+};
+
+// The thread's syscall in flight: entry time (0: none tracked) and number.
+struct inflight {
+    u64 start;
+    s64 nr;
+};
+
+// Sizes are set before load (bpf_map__set_max_entries) from the flags.
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct syscall_key);
+    __type(value, struct syscall_value);
+} syscall_counts SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, 32768);
+    __type(key, struct latency_key);
+    __type(value, u64);
+} syscall_latency SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct inflight);
+} syscall_inflight SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 32768);
+    __type(key, u32);
+    __type(value, struct inflight);
+} syscall_inflight_hash SEC(".maps");
+
+// Inserts lost because a map was full: slot 0 syscall_counts, slot 1 syscall_latency.
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 2);
+    __type(key, u32);
+    __type(value, u64);
+} syscall_update_failures SEC(".maps");
+
+#define count_failure(slot) count_in_slot(&syscall_update_failures, (slot))
+
+
+static __always_inline void count_call(u64 cgroup_id, long nr, long ret)
+{
+    struct syscall_key key = {.cgroup_id = cgroup_id, .nr = (u32)nr};
+    struct syscall_value zero = {};
+    struct syscall_value *value = lookup_or_init(&syscall_counts, &key, &zero);
+    if (value) {
+        value->calls += 1;
+        if (ret < 0)
+            value->errors += 1;
+    } else {
+        count_failure(0);
+    }
+}
+
+// log2, rounded down, of a non-zero value
+static __always_inline u32 log2l(u64 v)
+{
+    u32 r = 0;
+#pragma unroll
+    for (int shift = 32; shift > 0; shift >>= 1) {
+        if (v >> shift) {
+            v >>= shift;
+            r += shift;
+        }
+    }
+    return r;
+}
+
+static __always_inline void count_exit(struct inflight *f, long ret)
+{
+    // Only tracked tasks have an entry: finding one is the pod filter here. (A syscall
+    // whose entry we did not see, e.g. attached mid-call, or a new thread's return from
+    // clone, is not counted: one call, one count.)
+    if (!f || !f->start)
+        return;
+    u64 delta = bpf_ktime_get_ns() - f->start;
+    long nr = f->nr;
+    f->start = 0;
+    if (nr < 0)  // no syscall (cancelled by a tracer before it ran)
+        return;
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    count_call(cgroup_id, nr, ret);
+    struct latency_key lkey = {.cgroup_id = cgroup_id, .slot = log2l(delta)};
+    u64 zero_count = 0;
+    u64 *count = lookup_or_init(&syscall_latency, &lkey, &zero_count);
+    if (count)
+        *count += 1;
+    else
+        count_failure(1);
+}
+
+static __always_inline void note_entry(struct inflight *f, long nr)
+{
+    if (f) {
+        f->nr = nr;
+        f->start = bpf_ktime_get_ns();
+    }
+}
+
+// args: (struct pt_regs *regs, long id) and (struct pt_regs *regs, long ret)
+SEC("raw_tp/sys_enter")
+int sys_enter__task(struct bpf_raw_tracepoint_args *ctx)
+{
+    if (!tracked())
+        return 0;
+    struct task_struct *task = bpf_get_current_task_btf();
+    note_entry(bpf_task_storage_get(&syscall_inflight, task, 0,
+                                    BPF_LOCAL_STORAGE_GET_F_CREATE), (long)ctx->args[1]);
+    return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int sys_exit__task(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    count_exit(bpf_task_storage_get(&syscall_inflight, task, 0, 0), (long)ctx->args[1]);
+    return 0;
+}
+
+SEC("raw_tp/sys_enter")
+int sys_enter__hash(struct bpf_raw_tracepoint_args *ctx)
+{
+    if (!tracked())
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight none = {};
+    note_entry(lookup_or_init(&syscall_inflight_hash, &tid, &none), (long)ctx->args[1]);
+    return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int sys_exit__hash(struct bpf_raw_tracepoint_args *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    count_exit(bpf_map_lookup_elem(&syscall_inflight_hash, &tid), (long)ctx->args[1]);
+    return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int sys_exit__counts(struct bpf_raw_tracepoint_args *ctx)
+{
+    if (!tracked())
+        return 0;
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long nr = BPF_CORE_READ(regs, orig_ax);
+    if (nr < 0)  // no syscall (e.g. a restarted or ptrace-cancelled one)
+        return 0;
+    count_call(bpf_get_current_cgroup_id(), nr, (long)ctx->args[1]);
+    return 0;
+}

@@ -1,0 +1,31 @@
+"""The compile-time constants of the precompiled BPF objects, as clang -D flags, from the
+one place each is defined (names.py, kuberoots.py). bpf/Makefile runs
+`python3 -m exporter.bpfconsts`; nothing here imports more than those two modules.
+What differs per node or per start (directions of a mode, the kubepods level, features)
+is a .rodata constant set at load instead (exporter/bpfobject.py)."""
+from __future__ import annotations
+
+from . import names
+from .kuberoots import MAX_ROOTS
+
+# Layouts the BPF C and the collectors share, defined here (the collectors import them).
+EXEC_FILENAME_LEN = 256      # bytes of an exec event's filename (exec_event.filename)
+EXEC_RINGBUF_PAGES = 64      # 256 KiB with 4 KiB pages: ~800 exec events in flight
+# Upper bounds (seconds) of the TCP connect latency buckets (collectors/tcp.py; the BPF
+# side counts into them: CONNECT_BOUNDS_NS): from a same-node connect (~50 us) to SYN
+# retransmits (1 s, 3 s, 7 s after the first SYN).
+CONNECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def build_defines() -> list[str]:
+    flags = [f"-DPROTO_{p.upper()}={i}" for i, p in enumerate(names.PROTOCOLS)]
+    flags += [f"-DDIR_RECEIVE={names.DIR_RECEIVE}", f"-DDIR_TRANSMIT={names.DIR_TRANSMIT}",
+              f"-DMAX_KUBEPODS_ROOTS={MAX_ROOTS}", f"-DEXEC_FILENAME_LEN={EXEC_FILENAME_LEN}"]
+    bounds_ns = ",".join(str(round(b * 1e9)) for b in CONNECT_BUCKETS)
+    flags.append(f"-DCONNECT_BOUNDS_NS={bounds_ns}")
+    return flags
+
+
+if __name__ == "__main__":
+    print(" ".join(build_defines()))
