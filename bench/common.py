@@ -113,6 +113,8 @@ def snapshot(rev: str = "HEAD") -> Path:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "exporter", "bpf"],
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        if (dest / "bpf" / "Makefile").exists():  # precompiled CO-RE objects: build them
+            subprocess.run(["make", "-s", "-C", str(dest / "bpf"), f"REPO={dest}"], check=True)
         (dest / ".bench-commit").write_text(sha + "\n")
     return dest
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ./dev image: build podsnoop's image from deploy/Dockerfile with buildah, on a development
-# machine. Prints the image name (localhost/podsnoop:src-<hash>) on stdout, the last line.
+# machine. Prints the image name (localhost/podsnoop:src-<hash>, or src-<hash>-bcc with
+# PODSNOOP_IMAGE_TARGET=bcc) on stdout, the last line.
 #
 # Idempotent and quick when nothing changed: the tag is a hash of everything the build reads
 # (the Dockerfile, its .dockerignore, the copied sources, this script, the base image's id),
@@ -48,7 +49,14 @@ inputs_hash=$( {
        scripts/image.sh -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
        ! -path '*.egg-info/*' ! -path 'bpf/.output/*' -print0 | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-16)
-image="localhost/podsnoop:src-$inputs_hash"
+# PODSNOOP_IMAGE_TARGET: default (no bcc) or bcc (tag suffix -bcc: bcc and kernel headers,
+# for user programs in bcc C); both come from the same Dockerfile and inputs.
+target=${PODSNOOP_IMAGE_TARGET:-default}
+case "$target" in
+  default) image="localhost/podsnoop:src-$inputs_hash" ;;
+  bcc)     image="localhost/podsnoop:src-$inputs_hash-bcc" ;;
+  *) say "PODSNOOP_IMAGE_TARGET=$target: choose default or bcc"; exit 2 ;;
+esac
 
 if [ "${PODSNOOP_IMAGE_REBUILD:-0}" != 1 ] && podman image exists "$image"; then
   say "$image is current (inputs unchanged): reused"
@@ -70,12 +78,13 @@ buildah bud --quiet --isolation chroot --network host --pull=never --layers \
   --ignorefile deploy/Dockerfile.dockerignore \
   "${build_args[@]}" \
   --label io.podsnoop.inputs="$inputs_hash" \
-  -f deploy/Dockerfile -t "$image" . >&2
+  --target "$target" -f deploy/Dockerfile -t "$image" . >&2
 # Older builds of this script do not pile up: their src-* tags, and the untagged
 # intermediate images (layer cache) that carry another inputs label than this build's. Only
 # images with podsnoop's label are touched; one still in use is left (rmi refuses).
 for old in $(podman images --format '{{.Repository}}:{{.Tag}}' --filter reference='localhost/podsnoop:src-*'); do
-  [ "$old" = "$image" ] || podman rmi "$old" >/dev/null 2>&1 || true
+  case "$old" in *"src-$inputs_hash"*) continue ;; esac  # this build's default and -bcc
+  podman rmi "$old" >/dev/null 2>&1 || true
 done
 for id in $(podman images -a -q --filter dangling=true --filter label=io.podsnoop.inputs); do
   label=$(podman image inspect --format '{{index .Labels "io.podsnoop.inputs"}}' "$id" 2>/dev/null || true)

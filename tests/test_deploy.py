@@ -400,45 +400,60 @@ def _stages() -> list[list[tuple[str, str]]]:
     return stages
 
 
+def _stage(name: str) -> list[tuple[str, str]]:
+    return next(st for st in _stages() if re.search(rf" AS {name}$", st[0][1], re.I))
+
+
+def _apt(stage) -> list[str]:
+    runs = " ".join(a for op, a in stage if op == "RUN")
+    m = re.search(r"apt-get install (.*?)(&&|$)", runs)
+    return m.group(1).split() if m else []
+
+
 def test_dockerfile_base_and_packages():
     stages = _stages()
     assert _instructions()[0][0] == "FROM"
-    for stage in stages:  # every stage starts from Debian 12 (bcc from python3-bpfcc)
-        assert re.fullmatch(r"debian:12(-slim)?( AS \w+)?", stage[0][1], re.I), stage[0]
-    final = stages[-1]
-    runs = " ".join(a for op, a in final if op == "RUN")
-    apt = re.search(r"apt-get install (.*?)(&&|$)", runs).group(1).split()
-    assert "python3-bpfcc" in apt
-    # the header packages (and the gcc they depend on) stay in the build stage
-    assert not any(p.startswith("linux-headers-") for p in apt)
-    build_runs = " ".join(a for st in stages[:-1] for op, a in st if op == "RUN")
-    assert re.search(r"apt-get install [^&]*linux-headers-", build_runs)
+    for stage in stages:  # every stage starts from Debian 12, or from an earlier stage
+        assert re.fullmatch(r"(debian:12(-slim)?|runtime)( AS \w+)?", stage[0][1], re.I), stage[0]
+    # the default image (the last stage) is the runtime one: no compiler, bcc or headers
+    assert re.fullmatch(r"runtime AS default", stages[-1][0][1], re.I)
+    assert [op for op, _ in stages[-1]] == ["FROM"]
+    runtime = _apt(_stage("runtime"))
+    assert "libbpf1" in runtime and "python3" in runtime
+    assert not {"python3-bpfcc", "clang", "llvm", "libbpf-dev"} & set(runtime)
+    assert not any(p.startswith("linux-headers-") for p in runtime)
+    bcc = _apt(_stage("bcc"))
+    assert "python3-bpfcc" in bcc and not any(p.startswith("linux-headers-") for p in bcc)
+    # the header packages, clang and libbpf-dev (for the CO-RE objects) stay in the build stage
+    build = _apt(_stage("build"))
+    assert any(p.startswith("linux-headers-") for p in build)
+    assert {"clang", "libbpf-dev", "bpftool", "make"} <= set(build)
 
 
 def test_dockerfile_bundles_headers_once_for_nodes_without():
-    stages = _stages()
-    final = stages[-1]
-    env = " ".join(a for op, a in final if op == "ENV")
+    """In the -bcc image only: the default one has no bcc to use headers."""
+    bcc, runtime = _stage("bcc"), _stage("runtime")
+    assert "PODSNOOP_BUNDLED_KERNEL_HEADERS" not in " ".join(a for _, a in runtime)
+    env = " ".join(a for op, a in bcc if op == "ENV")
     m = re.search(r"PODSNOOP_BUNDLED_KERNEL_HEADERS=(\S+)", env)
-    assert m, "the final stage must tell bpfload where the bundled headers are"
+    assert m, "the bcc stage must tell bpfload where the bundled headers are"
     headers = m.group(1)
     assert not headers.startswith(("/usr/src", "/lib/modules"))  # the node's mounts hide those
-    copies = [a.split() for op, a in final if op == "COPY"]
+    copies = [a.split() for op, a in bcc if op == "COPY"]
     assert any(c[0].startswith("--from=") and headers.startswith(c[-1]) for c in copies)
-    build = " ".join(a for st in stages[:-1] for op, a in st if op == "RUN")
+    build = " ".join(a for op, a in _stage("build") if op == "RUN")
     assert re.search(rf"\bmv \S+ {re.escape(headers)}", build), "moved, not copied twice"
     assert "PODSNOOP_BUNDLED_KERNEL_HEADERS" in (ROOT / "exporter" / "bpfload.py").read_text()
 
 
 def test_dockerfile_final_stage_carries_no_build_workaround():
     """A proxy CA for pip may be passed to the build stage only (scripts/image.sh does, on
-    the development machines); the image itself never carries one."""
-    final = _stages()[-1]
-    text = " ".join(a for _, a in final)
-    assert "PIP_CERT" not in text and "host-ca" not in text
-    for op, args in final:
-        assert op != "ARG" or "PIP" not in args
-
+    the development machines); neither image carries one."""
+    for final in (_stage("runtime"), _stage("bcc")):
+        text = " ".join(a for _, a in final)
+        assert "PIP_CERT" not in text and "host-ca" not in text
+        for op, args in final:
+            assert op != "ARG" or "PIP" not in args
 
 def test_dockerfile_never_pip_installs_bcc():
     for op, args in _instructions():

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import our_filters, wait_for_filters
-from test_network import deltas, snapshot
+from test_network import deltas, snapshot, wait_for
 from test_syscalls import GETSID, calls
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,13 +36,42 @@ pytestmark = pytest.mark.timeout(900)
 BUNDLED_LINE = "using the headers bundled in the image at /opt/podsnoop/kernel-headers"
 
 
+def build_image(target: str) -> str:
+    r = subprocess.run([str(ROOT / "scripts" / "image.sh")], capture_output=True, text=True,
+                       timeout=1200, env={**os.environ, "PODSNOOP_IMAGE_TARGET": target})
+    if r.returncode != 0:
+        pytest.fail(f"./dev image ({target}) failed:\n{r.stderr[-4000:]}")
+    return r.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="session")
 def image() -> str:
-    r = subprocess.run([str(ROOT / "scripts" / "image.sh")], capture_output=True, text=True,
-                       timeout=1200)
-    if r.returncode != 0:
-        pytest.fail(f"./dev image failed:\n{r.stderr[-4000:]}")
-    return r.stdout.strip().splitlines()[-1]
+    """The default image: precompiled programs, no bcc."""
+    return build_image("default")
+
+
+@pytest.fixture(scope="session")
+def bcc_image() -> str:
+    """The -bcc image, for user programs in bcc C."""
+    return build_image("bcc")
+
+
+def image_files(image: str, *patterns: str) -> list[str]:
+    """Paths in the image's filesystem matching any of the glob patterns."""
+    c = subprocess.run(["buildah", "from", image], capture_output=True, text=True,
+                       check=True).stdout.strip()
+    try:
+        root = Path(subprocess.run(["buildah", "mount", c], capture_output=True, text=True,
+                                   check=True).stdout.strip())
+        return sorted(str(p.relative_to(root)) for pat in patterns for p in root.glob(pat))
+    finally:
+        subprocess.run(["buildah", "umount", c], capture_output=True)
+        subprocess.run(["buildah", "rm", c], capture_output=True)
+
+
+COMPILER_FILES = ("usr/lib/x86_64-linux-gnu/libLLVM*", "usr/lib/x86_64-linux-gnu/libclang*",
+                  "usr/lib/x86_64-linux-gnu/libbcc*", "usr/lib/python3/dist-packages/bcc",
+                  "opt/podsnoop/kernel-headers")
 
 
 def confined(factory) -> list[str]:
@@ -193,6 +222,43 @@ def test_image_counts_exactly_on_a_node_without_kernel_headers(image, pods, tmp_
                                    host_paths=empty) as c:
         out = count_and_stop(c, pod)
     assert BUNDLED_LINE not in out and "kernel headers" not in out, out
+
+
+def test_default_image_has_no_compiler_and_the_bcc_image_has_it(image, bcc_image):
+    assert image_files(image, *COMPILER_FILES) == []
+    assert image_files(image, "opt/podsnoop/venv/lib/python3*/site-packages/exporter/bpf/"
+                              "net.bpf.o")
+    found = image_files(bcc_image, *COMPILER_FILES)
+    assert any("libLLVM" in f for f in found) and "opt/podsnoop/kernel-headers" in found, found
+
+
+def test_bcc_image_runs_a_user_program_in_bcc_c(bcc_image, pods, tmp_path):
+    """The -bcc image, as the manifest says, with the ported ebpf_exporter syscalls example
+    in a hostPath directory: it compiles it at start and counts a syscall exactly."""
+    from test_user_programs import SCHED_GET_PRIORITY_MAX, _dir
+    programs = _dir(tmp_path, "syscalls")
+    programs.chmod(0o755)
+
+    def with_programs(wl):
+        spec = wl["spec"]["template"]["spec"]
+        spec["volumes"].append({"name": "programs",
+                                "hostPath": {"path": str(programs), "type": "Directory"}})
+        ctr = spec["containers"][0]
+        ctr["volumeMounts"].append({"name": "programs", "mountPath": "/programs",
+                                    "readOnly": True})
+    pod = pods.create()
+    with podrunc.ManifestContainer(bcc_image, DEPLOY / "daemonset.yaml", edit=with_programs,
+                                   extra_args=[*confined(pods), "--programs", "/programs",
+                                               "--syscalls", "off"]) as c:  # same name
+        name = "podsnoop_syscalls_total"
+        before = c.proc.metrics().value(name, syscall="sched_get_priority_max")
+        pod.exec([sys.executable, "-c", "import ctypes; libc = ctypes.CDLL(None); "
+                  f"[libc.syscall({SCHED_GET_PRIORITY_MAX}, 0) for _ in range(29)]"])
+        wait_for(lambda: c.proc.metrics().value(name, syscall="sched_get_priority_max")
+                 - before >= 29, what="29 syscalls")
+        assert c.proc.metrics().value(name, syscall="sched_get_priority_max") - before == 29
+        assert c.proc.metrics().value("podsnoop_program_loaded", program="syscalls") == 1
+        assert c.stop() == 0, c.output()
 
 
 def _without_cgroup_mount(wl):
