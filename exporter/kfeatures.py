@@ -10,6 +10,7 @@ task storage: the map type since 5.11, from tracing programs since 5.13).
 from __future__ import annotations
 
 import ctypes as ct
+import logging
 from functools import lru_cache
 
 from .bpffd import libbpf
@@ -30,10 +31,17 @@ def helper_allowed(prog_type: int, helper: int) -> bool:
     return lib.libbpf_probe_bpf_helper(prog_type, helper, None) == 1
 
 
+@lru_cache(maxsize=1)
 def tracing_ancestor_cgroup_helper() -> bool:
-    """bpf_get_current_ancestor_cgroup_id from (raw) tracepoint programs (5.14+)."""
-    return all(helper_allowed(t, HELPER_GET_CURRENT_ANCESTOR_CGROUP_ID)
-               for t in (PROG_TYPE_TRACEPOINT, PROG_TYPE_RAW_TRACEPOINT))
+    """bpf_get_current_ancestor_cgroup_id from (raw) tracepoint programs (5.14+); said once
+    in the log where it is missing (the pod filters then read the task's cgroup)."""
+    allowed = all(helper_allowed(t, HELPER_GET_CURRENT_ANCESTOR_CGROUP_ID)
+                  for t in (PROG_TYPE_TRACEPOINT, PROG_TYPE_RAW_TRACEPOINT))
+    if not allowed:
+        logging.getLogger("podsnoop").info(
+            "tracing programs of this kernel may not call bpf_get_current_ancestor_cgroup_id "
+            "(5.14+): the pod filter reads the task's cgroup instead")
+    return allowed
 
 
 def tracing_task_storage() -> bool:

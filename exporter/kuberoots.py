@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from functools import lru_cache
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +28,8 @@ def filter_defines(level: int, filter_pods: bool = True) -> dict[str, int]:
                  MAX_KUBEPODS_ROOTS=MAX_ROOTS, ANCESTOR_HELPER=1)
     if not kfeatures.tracing_ancestor_cgroup_helper():
         from . import btf
-        say_once("tracing programs of this kernel may not call "
-                  "bpf_get_current_ancestor_cgroup_id (5.14+): the pod filter reads the "
-                  "task's cgroup instead")
         flags.update(ANCESTOR_HELPER=0, **btf.socket_offsets(), **btf.task_cgroup_offsets())
     return flags
-
-
-@lru_cache(maxsize=None)
-def say_once(message: str) -> None:
-    log.info(message)
 
 
 def level_of(path: str, mount: str) -> int:

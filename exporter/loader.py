@@ -42,8 +42,7 @@ def _syscalls_object(cfg, level):
     programs = {"task": ("sys_enter__task", "sys_exit__task"),
                 "hash": ("sys_enter__hash", "sys_exit__hash"), "counts": ("sys_exit__counts",)}
     return dict(
-        rodata=dict(filter_pods=int(cfg.syscall_scope == "pods"), kubepods_level=level,
-                    ancestor_helper=int(_ancestor_helper())),
+        rodata=_pod_filter(level, cfg.syscall_scope == "pods"),
         max_entries={"syscall_counts": cfg.syscall_map_entries,
                      "syscall_latency": LATENCY_MAX_ENTRIES,
                      "syscall_inflight_hash": INFLIGHT_MAX_ENTRIES},
@@ -52,24 +51,18 @@ def _syscalls_object(cfg, level):
                     "syscall_inflight_hash": variant == "hash"})
 
 
-def _ancestor_helper() -> bool:
+def _pod_filter(level: int, filter_pods: bool = True) -> dict[str, int]:
+    """bpf/podfilter.bpf.h's constants."""
     from . import kfeatures
-    allowed = kfeatures.tracing_ancestor_cgroup_helper()
-    if not allowed:
-        from .kuberoots import say_once
-        say_once("tracing programs of this kernel may not call "
-                 "bpf_get_current_ancestor_cgroup_id (5.14+): the pod filter reads the "
-                 "task's cgroup instead")
-    return allowed
+    return dict(filter_pods=int(filter_pods), kubepods_level=level,
+                ancestor_helper=int(kfeatures.tracing_ancestor_cgroup_helper()))
 
 
 def _exec_object(cfg, level):
     from .bpfconsts import EXEC_RINGBUF_PAGES
     # the ring buffer exists either way (the program refers to it), at one page when off
     pages = EXEC_RINGBUF_PAGES if cfg.exec_log else 1
-    return dict(rodata=dict(filter_pods=1, kubepods_level=level,
-                            ancestor_helper=int(_ancestor_helper()),
-                            send_events=int(cfg.exec_log > 0)),
+    return dict(rodata=dict(**_pod_filter(level), send_events=int(cfg.exec_log > 0)),
                 max_entries={"exec_counts": cfg.exec_map_entries,
                              "exec_events": pages * mmap.PAGESIZE},
                 events={"exec_events": "exec_event"})
@@ -84,9 +77,7 @@ def _tcp_object(cfg, level):
     # the tracepoint's err argument (6.18 has it): a program reading it cannot attach where
     # it is missing, so the field decides
     has_err = "err" in bpfload.tracepoint_fields("tcp", "tcp_retransmit_skb")
-    return dict(rodata=dict(filter_pods=1, kubepods_level=level,
-                            ancestor_helper=int(_ancestor_helper()),
-                            retransmit_has_err=int(has_err)),
+    return dict(rodata=dict(**_pod_filter(level), retransmit_has_err=int(has_err)),
                 max_entries={"tcp_connecting": cfg.tcp_map_entries,
                              **{m: COUNTER_ENTRIES_PER_MAP for m in (
                                  "tcp_connect_latency", "tcp_connect_failures",
