@@ -43,7 +43,9 @@ _INDEXED = (KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64, KIND_TYPEDEF)
 
 
 class BTF:
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, only_enums: frozenset[str] | None = None):
+        """only_enums: keep just these enums (a few KB instead of the ~40 MB of the whole
+        kernel's types; struct queries then find nothing)."""
         if len(data) < 24:
             raise BTFError("BTF data too short")
         magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
@@ -56,7 +58,8 @@ class BTF:
         type_off, type_len, str_off, str_len = struct.unpack_from(endian + "4I", data, 8)
         self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
         self.types: list[Type | None] = [None]  # id 0 is void
-        self._parse(data[hdr_len + type_off: hdr_len + type_off + type_len], endian)
+        self._parse(data[hdr_len + type_off: hdr_len + type_off + type_len], endian,
+                    only_enums)
         self._by_name: dict[tuple[int, str], int] = {}
         for tid, t in enumerate(self.types):
             if t is not None and t.kind in _INDEXED and t.name_off:
@@ -66,7 +69,7 @@ class BTF:
         end = self._strings.index(b"\0", off)
         return self._strings[off:end].decode()
 
-    def _parse(self, buf: bytes, e: str) -> None:
+    def _parse(self, buf: bytes, e: str, only_enums: frozenset[str] | None = None) -> None:
         pos, n = 0, len(buf)
         head = struct.Struct(e + "3I")
         append = self.types.append
@@ -110,7 +113,9 @@ class BTF:
                 pass
             else:
                 raise BTFError(f"unknown BTF kind {kind}")
-            append(Type(kind, name_off, size_or_type, members))
+            if only_enums is None or (kind in (KIND_ENUM, KIND_ENUM64)
+                                      and self._str(name_off) in only_enums):
+                append(Type(kind, name_off, size_or_type, members))
 
     # -- queries ---------------------------------------------------------------------------
     def _resolve(self, tid: int) -> int:
@@ -233,6 +238,16 @@ class BTF:
             if tid is not None:
                 return {self._str(m): v for m, v in self.types[tid].members}
         raise BTFError(f"no enum {name} in the kernel's BTF")
+
+
+def vmlinux_enums(*names: str, path: str = VMLINUX) -> BTF:
+    """The running kernel's enums `names` only (enum() answers for them), parsed without
+    keeping the rest: for the serving process, which should not hold the kernel's types."""
+    try:
+        with open(path, "rb") as f:
+            return BTF(f.read(), only_enums=frozenset(names))
+    except OSError as e:
+        raise BTFError(f"cannot read {path}: {e.strerror}") from None
 
 
 @lru_cache(maxsize=1)

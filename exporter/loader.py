@@ -94,10 +94,8 @@ def _drops_object(cfg, level):
                                    "run on kernel 5.17 or later for drops",
                                    reason="kernel<5.17: drop reasons")
     inum, sidecar = host_netns_inum(), cfg.mode == "sidecar"
-    b = btf.vmlinux()  # the reason names (~40 MB of parsed types, dropped right after)
+    b = btf.vmlinux_enums("skb_drop_reason", "skb_drop_reason_subsys")  # the reason names
     info = {"reasons": reason_names(b), "subsystems": subsystem_names(b)}
-    del b
-    btf.vmlinux.cache_clear()
     # A sidecar counts only its own (the pod's) network namespace: bpf/drops.bpf.c. rx_sk
     # (the tracepoint's 4th argument) came with the field, in 6.11: attaching a program
     # that reads it where it is missing fails, so the field decides.
