@@ -2,8 +2,8 @@
 
 Runs in the normal suite on this machine's kernel, and inside a qemu guest on each of
 Debian's kernels (tests/test_kernel_matrix.py boots them with scripts/kmatrix/vm-run). One
-exporter start with the default flags for the whole module (a start compiles every program,
-minutes under emulation), then exact counts: network bytes and packets against the veth's
+exporter start with the default flags for the whole module (everything runs slowly under
+emulation), then exact counts: network bytes and packets against the veth's
 own counters, N syscalls of a pod's container, execs, TCP connects and failures, drops
 where the kernel has drop reasons, and a SIGTERM that leaves nothing attached.
 
@@ -36,7 +36,7 @@ HAS_DROP_REASONS = RELEASE >= (5, 17)
 HAS_TRACING_TASK_STORAGE = RELEASE >= (5, 13)
 HAS_TCX = RELEASE >= (6, 6)
 IN_GUEST = os.environ.get("KVM_GUEST") == "1"
-# Bounded waits, generous under emulation (bcc's compile of every program takes minutes).
+# Bounded waits, generous under emulation (Python alone starts ~10x slower there).
 READY_SECONDS = 1500 if IN_GUEST else 180
 WAIT_SECONDS = 120 if IN_GUEST else 15
 CALLS = names.SYSCALLS + "_total"
