@@ -169,8 +169,8 @@ def _captured_stderr():
 
 
 def verifier_cause(log_text: str) -> str:
-    """The verifier's own reason, from bcc's dump of its log: the last line before the
-    "processed N insns" summary (the instruction trace above it is the how, not the why)."""
+    """The verifier's own reason, from its log (as bcc or libbpf pass it on): the last line
+    before the "processed N insns" summary (the trace above it is the how, not the why)."""
     lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
     for i, line in enumerate(lines):
         if line.startswith("processed ") and "insns" in line and i > 0:
@@ -194,16 +194,11 @@ def verifier_refusal(program: str, source: str, log_text: str) -> CollectorUnava
         "bug with `uname -r`", reason="verifier refused")
 
 
-def load_function(bpf, function: str, prog_type: int, source: str):
-    """bpf.load_func, with a verifier rejection as one CollectorUnavailable line."""
-    with _captured_stderr() as err:
-        try:
-            return bpf.load_func(function, prog_type)
-        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
-            failure = e
-    _raise_if_refused(failure, "".join(err), source)
-    raise CollectorUnavailable(f"loading {function} of {source} failed: {failure}",
-                               "report it as a podsnoop bug with `uname -r`")
+def map_refusal(map_name: str, source: str, error: str) -> CollectorUnavailable:
+    """The one line for a map the kernel would not create."""
+    return CollectorUnavailable(
+        f"the kernel refused the BPF map {map_name} of {source}: {error.strip()}",
+        "report it as a podsnoop bug with `uname -r`", reason="map refused")
 
 
 def compile_program(program: str, cflags: list[str]):
@@ -221,10 +216,7 @@ def compile_program(program: str, cflags: list[str]):
     _raise_if_refused(failure, text, path.name)
     bad_map = re.search(r"could not open bpf map: (\w+), error: (.*)", text)
     if bad_map:
-        raise CollectorUnavailable(
-            f"the kernel refused the BPF map {bad_map.group(1)} of {path.name}: "
-            f"{bad_map.group(2).strip()}",
-            "report it as a podsnoop bug with `uname -r`", reason="map refused")
+        raise map_refusal(bad_map.group(1), path.name, bad_map.group(2))
     first = next((ln for ln in text.splitlines() if re.search(r"error|fatal", ln, re.I)),
                  str(failure))
     if "kernel headers" in text or "Unable to find kernel" in text:

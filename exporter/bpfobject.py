@@ -103,7 +103,7 @@ class _Log:
 def refusal(log_text: str, source: str) -> CollectorUnavailable:
     """A failed bpf_object__load as one line: the verifier's reason, or the map the kernel
     would not create, or libbpf's last word."""
-    from .bpfload import verifier_refusal
+    from .bpfload import map_refusal, verifier_refusal
     prog = re.search(r"prog '(\w+)': BPF program load failed", log_text)
     if prog:
         body = log_text.split("-- BEGIN PROG LOAD LOG --", 1)[-1]
@@ -111,10 +111,7 @@ def refusal(log_text: str, source: str) -> CollectorUnavailable:
                                 body.split("-- END PROG LOAD LOG --", 1)[0])
     bad_map = re.search(r"map '([\w.]+)': failed to create: ([^\n]*)", log_text)
     if bad_map:
-        return CollectorUnavailable(
-            f"the kernel refused the BPF map {bad_map.group(1)} of {source}: "
-            f"{bad_map.group(2).strip()}", "report it as a podsnoop bug with `uname -r`",
-            reason="map refused")
+        return map_refusal(bad_map.group(1), source, bad_map.group(2))
     last = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
     return CollectorUnavailable(f"loading {source} failed: "
                                 f"{last[-1] if last else 'no message from libbpf'}",
@@ -170,20 +167,22 @@ def load(path: Path, name: str, *, rodata: dict[str, int] | None = None,
             types = btf.BTF(ct.string_at(raw, raw_size.value))
             if rodata:
                 _set_rodata(lib, obj, types, rodata, source)
+            def find(kind: str, item: str):
+                """The object's map or program `item` (never NULL into libbpf)."""
+                found = (lib.bpf_object__find_map_by_name if kind == "map" else
+                         lib.bpf_object__find_program_by_name)(obj, item.encode())
+                if not found:
+                    raise PodsnoopError(f"{source} has no {kind} {item}",
+                                        "rebuild the BPF objects (make -C bpf)")
+                return found
             for map_name, n in (max_entries or {}).items():
-                m = lib.bpf_object__find_map_by_name(obj, map_name.encode())
-                if not m or lib.bpf_map__set_max_entries(m, n) < 0:
-                    raise PodsnoopError(f"{source} has no map {map_name}",
-                                        "rebuild the BPF objects (make -C bpf)")
+                if lib.bpf_map__set_max_entries(find("map", map_name), n) < 0:
+                    raise PodsnoopError(f"{source}: the size of map {map_name} cannot be set",
+                                        "report it as a podsnoop bug")
             for map_name, on in (autocreate or {}).items():
-                lib.bpf_map__set_autocreate(lib.bpf_object__find_map_by_name(
-                    obj, map_name.encode()), on)
+                lib.bpf_map__set_autocreate(find("map", map_name), on)
             for prog_name, on in (autoload or {}).items():
-                prog = lib.bpf_object__find_program_by_name(obj, prog_name.encode())
-                if not prog:
-                    raise PodsnoopError(f"{source} has no program {prog_name}",
-                                        "rebuild the BPF objects (make -C bpf)")
-                lib.bpf_program__set_autoload(prog, on)
+                lib.bpf_program__set_autoload(find("program", prog_name), on)
             if lib.bpf_object__load(obj) < 0:
                 raise refusal(messages.text, source)
             return _hand_over(lib, obj, types, name, source, events or {}, info)
