@@ -520,20 +520,27 @@ def unit_tests() -> dict:
     ], "15m", [_fires("PodsnoopSeriesCapHit", {**_exporter("node-a"), COLLECTOR: "syscalls"},
                       "1.67")]))
 
-    # In-kernel CPU: node-a's programs run 3 s per second on 100 CPUs (3%); node-b's 1 s
-    # per second on 100 CPUs (1%, under the threshold).
+    # In-kernel CPU: node-a's programs run 3 s per second on 100 CPUs (3%), statistics
+    # always on; node-b's 1 s per second (1%, under the threshold), and node-c's 3 s per
+    # second (3%), both sampled a quarter of the time (the kernel counts only then).
     cases.append(_case("PodsnoopKernelCPUHigh", [
         _series(q.BPF_PROGRAM_RUN_SECONDS, {**_exporter("node-a"), q.PROGRAM: "syscalls/a"},
                 "0+120x30"),
         _series(q.BPF_PROGRAM_RUN_SECONDS, {**_exporter("node-a"), q.PROGRAM: "net/b"},
                 "0+60x30"),
         _series(q.NODE_CPUS, _exporter("node-a"), "100x30"),
+        _series(q.BPF_STATS_ON_SECONDS, _exporter("node-a"), "0+60x30"),
         _series(q.BPF_PROGRAM_RUN_SECONDS, {**_exporter("node-b"), q.PROGRAM: "syscalls/a"},
-                "0+60x30"),
+                "0+15x30"),
+        _series(q.BPF_STATS_ON_SECONDS, _exporter("node-b"), "0+15x30"),
         _series(q.NODE_CPUS, _exporter("node-b"), "100x30"),
+        _series(q.BPF_PROGRAM_RUN_SECONDS, {**_exporter("node-c"), q.PROGRAM: "syscalls/a"},
+                "0+45x30"),
+        _series(q.BPF_STATS_ON_SECONDS, _exporter("node-c"), "0+15x30"),
+        _series(q.NODE_CPUS, _exporter("node-c"), "100x30"),
     ], "25m", [_fires("PodsnoopKernelCPUHigh",
-                      {INSTANCE: _exporter("node-a")[INSTANCE], NAMESPACE: "podsnoop",
-                       POD: "podsnoop-node-a"}, "3%")]))
+                      {INSTANCE: _exporter(node)[INSTANCE], NAMESPACE: "podsnoop",
+                       POD: f"podsnoop-{node}"}, "3%") for node in ("node-a", "node-c")]))
 
     # Watch restarts: node-a restarts once a minute (15 in 15m); node-b once every 10 minutes
     # (1 or 2 in 15m, under the limit).

@@ -601,9 +601,11 @@ def exporter_dashboard() -> dict:
                    [target(bpf_cpu_share(h), "{{instance}}")], "percentunit",
                    thresholds=[(None, "green"), (BPF_CPU_SHARE_THRESHOLD, "red")]),
         timeseries("In-kernel time by program", "CPU-seconds per second each of podsnoop's "
-                   "BPF programs ran (syscall programs run for every task of the node).",
-                   [target(sum_by((INSTANCE, q.PROGRAM),
-                                  rate(sel(q.BPF_PROGRAM_RUN_SECONDS, *h), RATE)),
+                   "BPF programs ran while the kernel's statistics were on (sampled "
+                   "windows; syscall programs run for every task of the node).",
+                   [target(f"{sum_by((INSTANCE, q.PROGRAM), rate(sel(q.BPF_PROGRAM_RUN_SECONDS, *h), '5m'))}"
+                           f"\n/ on({INSTANCE}) group_left "
+                           f"{sum_by((INSTANCE,), rate(sel(q.BPF_STATS_ON_SECONDS, *h), '5m'))}",
                            "{{instance}} {{program}}")], "s"),
         timeseries("BPF map fill ratio", "Entries / max entries of each BPF map. The alert "
                    f"PodsnoopBPFMapNearCapacity fires above {BPF_MAP_FILL_THRESHOLD:.0%}.",
@@ -699,12 +701,15 @@ def tcp_connect_p99(matchers: tuple[str, ...], window: str,
             f"{sum_by(keys + ('le',), rate(sel(q.TCP_CONNECT_DURATION_BUCKET, *matchers), window))})")
 
 
-def bpf_cpu_share(matchers: tuple[str, ...] = (), window: str = RATE,
+def bpf_cpu_share(matchers: tuple[str, ...] = (), window: str = "5m",
                   keys: tuple[str, ...] = (INSTANCE,)) -> str:
     """Share of the node's CPUs podsnoop's BPF programs take, per exporter (keys: the
-    labels that name one exporter)."""
+    labels that name one exporter): run seconds per second the kernel's statistics were
+    on (sampled windows, --bpf-stats), over the node's CPUs. The window must hold a few
+    sampled windows (60 s apart by default), so not $__rate_interval."""
     on = ", ".join(keys)
     return (f"sum {by(*keys)} ({rate(sel(q.BPF_PROGRAM_RUN_SECONDS, *matchers), window)})"
+            f"\n/ on({on}) sum {by(*keys)} ({rate(sel(q.BPF_STATS_ON_SECONDS, *matchers), window)})"
             f"\n/ on({on}) max {by(*keys)} ({sel(q.NODE_CPUS, *matchers)})")
 
 

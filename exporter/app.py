@@ -25,7 +25,7 @@ from .collectors.exec import load_programs as load_exec_programs
 from .collectors.network import NetworkCollector
 from .collectors.pods import PodCollector
 from .collectors.programs import ProgramCostCollector
-from .bpfstats import RunTimeStats
+from .bpfstats import RunTimeStats, StatsSampler
 from .collectors.scrape import ScrapeCollector
 from .collectors.syscalls import SyscallCollector
 from .collectors.tcp import TcpCollector
@@ -254,7 +254,7 @@ async def run(cfg: Config) -> int:
     tasks: list[asyncio.Task] = []
     cleanups: list = []  # the feature programs' cleanups, run last-first
     programs: dict[str, int] = {}  # every loaded program's fd, for its run-time statistics
-    stats = RunTimeStats()
+    stats: StatsSampler | None = None
     syncs: list = []     # their filter maps, kept current by sync_feature_maps
     try:
         resolver = make_resolver(cfg)
@@ -362,8 +362,12 @@ async def run(cfg: Config) -> int:
                 collectors["drops"] = DropCollector(
                     drops_bpf, links, resolver, labeler, cfg.grace_seconds,
                     netns=OwnNetns(identity.uid) if identity else None)
-            if cfg.bpf_stats:
-                stats.enable()
+            if cfg.bpf_stats != "off":
+                sampled = cfg.bpf_stats == "sampled"
+                stats = StatsSampler(RunTimeStats(), cfg.bpf_stats_window if sampled else None,
+                                     cfg.bpf_stats_interval)
+                stats.start()
+                tasks.append(asyncio.create_task(stats.run()))
                 collectors["programs"] = ProgramCostCollector(programs, stats)
             registry.register(ScrapeCollector(collectors))
             registry.register(BuildInfo())
@@ -392,7 +396,8 @@ async def run(cfg: Config) -> int:
             await links.stop()
         if syscalls_bpf is not None:
             syscalls_bpf.cleanup()  # detaches the tracepoints
-        stats.close()
+        if stats is not None:
+            stats.close()
         for cleanup in reversed(cleanups):
             try:
                 cleanup()

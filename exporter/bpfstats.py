@@ -8,7 +8,12 @@ CAP_SYS_ADMIN; without it podsnoop still reads the figures if an administrator e
 statistics node-wide, and otherwise says so once.
 
 Timing costs about two clock reads per program run while enabled (the kernel's figure is
-the program alone, not the hook it runs on).
+the program alone, not the hook it runs on), for EVERY BPF program of the node (a CNI's
+too): on the syscall path that is more than podsnoop's own programs cost. So by default
+(--bpf-stats sampled) they are on only in short windows (StatsSampler: 0.25 s of every
+60 s), and podsnoop_bpf_stats_on_seconds_total says for how long: the programs' run time
+divided by it is their share of a CPU while sampled, an estimate of the whole. `on` keeps
+them on (exact, at the full cost).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import errno
 import logging
 import os
 import struct
+import time
 from pathlib import Path
 
 from . import tcx
@@ -70,6 +76,78 @@ class RunTimeStats:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class StatsSampler:
+    """Keeps the statistics on all the time (window None) or for `window` seconds of
+    every `interval`, and counts the seconds they were on (on_seconds), the current
+    window's part included, so a scrape inside a window sees run time and on-time grow
+    together. Where kernel.bpf_stats_enabled is 1 node-wide they are on all the time
+    anyway, and on_seconds is the whole time since start."""
+
+    def __init__(self, stats: RunTimeStats, window: float | None, interval: float,
+                 clock=time.monotonic):
+        self.stats = stats
+        self.window = window
+        self.interval = interval
+        self.clock = clock
+        self.started = clock()
+        self._on_total = 0.0
+        self._on_since: float | None = None
+        self._toggles = False
+        self._kept = False
+
+    @property
+    def sampled(self) -> bool:
+        return self.window is not None
+
+    def start(self) -> bool:
+        """The first window (or the whole run): False where the statistics cannot be
+        turned on (RunTimeStats says why, once)."""
+        self._kept = self._open()
+        self._toggles = self._kept and self.stats.fd is not None  # not if on node-wide
+        return self._kept
+
+    def _open(self) -> bool:
+        if not self.stats.enable():
+            return False
+        if self.stats.fd is not None:
+            self._on_since = self.clock()
+        return True
+
+    def _close(self) -> None:
+        if self._on_since is not None:
+            self._on_total += self.clock() - self._on_since
+            self._on_since = None
+        self.stats.close()
+
+    @property
+    def enabled(self) -> bool:
+        """The figures are kept: on, in windows, or node-wide."""
+        return self._kept or self.stats.node_wide()
+
+    def on_seconds(self) -> float:
+        if self.stats.fd is None and self.stats.node_wide():
+            return self.clock() - self.started
+        live = self.clock() - self._on_since if self._on_since is not None else 0.0
+        return self._on_total + live
+
+    async def run(self) -> None:
+        """The windows after the first (an asyncio task; cancelled at exit)."""
+        import asyncio
+        if not self.sampled or not self._toggles:
+            return
+        try:
+            while True:
+                await asyncio.sleep(self.window)
+                self._close()
+                await asyncio.sleep(self.interval - self.window)
+                self._open()
+        finally:
+            self._close()
+
+    def close(self) -> None:
+        self._close()
 
 
 def run_stats(prog_fd: int) -> tuple[int, int]:

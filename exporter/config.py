@@ -84,7 +84,9 @@ class Config:
     # Node exporter or a pod's sidecar (issue 12); "auto" is resolved at start (mode.py).
     mode: str = "auto"
     tc_attach: str = "auto"
-    bpf_stats: bool = True
+    bpf_stats: str = "sampled"
+    bpf_stats_window: float = 0.25
+    bpf_stats_interval: float = 60.0
     syscall_latency: bool = True
     pod_info_dir: str = "/etc/podinfo"
     # Web conventions (issue 15).
@@ -181,10 +183,18 @@ FLAGS = [
     ("--pod-labels", "PODSNOOP_POD_LABELS", "", label_keys,
      "comma-separated pod label keys exported on podsnoop_pod_info as label_<key> "
      "(e.g. app,team)", {}),
-    ("--bpf-stats", "PODSNOOP_BPF_STATS", "on", on_off,
+    ("--bpf-stats", "PODSNOOP_BPF_STATS", "sampled", str.lower,
      "export the kernel's run-time statistics of podsnoop's programs "
-     "(podsnoop_bpf_program_run_seconds_total), turned on while podsnoop runs; needs "
-     "CAP_SYS_ADMIN unless kernel.bpf_stats_enabled is already 1", {}),
+     "(podsnoop_bpf_program_run_seconds_total): sampled turns them on for "
+     "--bpf-stats-window seconds of every --bpf-stats-interval (timing costs every BPF "
+     "program of the node two clock reads per run while on), on keeps them on while "
+     "podsnoop runs; needs CAP_SYS_ADMIN unless kernel.bpf_stats_enabled is already 1",
+     {"choices": ["sampled", "on", "off"]}),
+    ("--bpf-stats-window", "PODSNOOP_BPF_STATS_WINDOW", f"{Config.bpf_stats_window:g}", seconds,
+     "seconds the statistics are on in each sampled window", {}),
+    ("--bpf-stats-interval", "PODSNOOP_BPF_STATS_INTERVAL", f"{Config.bpf_stats_interval:g}",
+     seconds,
+     "seconds from one sampled window to the next", {}),
     ("--syscalls", "PODSNOOP_SYSCALLS", "on", on_off,
      "per-container syscall counts, errors and latency (off: the programs are not loaded)", {}),
     ("--syscall-latency", "PODSNOOP_SYSCALL_LATENCY", "on", on_off,
@@ -299,6 +309,9 @@ def parse(argv: list[str] | None = None) -> Config:
         value = getattr(a, flag[2:].replace("-", "_"))
         if "choices" in extra and value not in extra["choices"]:
             p.error(f"{env}={value!r}: choose from {', '.join(extra['choices'])}")
+    if a.bpf_stats == "sampled" and not 0 < a.bpf_stats_window <= a.bpf_stats_interval:
+        p.error(f"--bpf-stats-window {a.bpf_stats_window:g} must be more than 0 and at most "
+                f"--bpf-stats-interval {a.bpf_stats_interval:g}")
     host, port = a.listen
     given = sys.argv[1:] if argv is None else argv
     explicit = frozenset(
@@ -322,6 +335,8 @@ def parse(argv: list[str] | None = None) -> Config:
                   resize=a.resize, resize_hold_seconds=a.resize_hold_seconds,
                   resize_min_interval=a.resize_min_interval, mode=a.mode,
                   tc_attach=a.tc_attach, bpf_stats=a.bpf_stats,
+                  bpf_stats_window=a.bpf_stats_window,
+                  bpf_stats_interval=a.bpf_stats_interval,
                   syscall_latency=a.syscall_latency,
                   pod_info_dir=a.pod_info_dir,
                   web_config_file=a.web_config_file, max_requests=a.max_requests,

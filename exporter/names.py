@@ -93,6 +93,7 @@ DISABLED_REASONS = ("verifier refused", "map refused", "compile failed", "attach
 BPF_PROGRAM_RUN_SECONDS = "podsnoop_bpf_program_run_seconds"  # counter, label program
 BPF_PROGRAM_RUNS = "podsnoop_bpf_program_runs"                # counter, label program
 BPF_STATS_ENABLED = "podsnoop_bpf_stats_enabled"              # 1 while the figures are kept
+BPF_STATS_ON_SECONDS = "podsnoop_bpf_stats_on_seconds"        # counter: statistics on (sampled)
 NODE_CPUS = "podsnoop_node_cpus"                              # to express them as a share
 
 # Resize on exec (issue 8): pods opt in with this annotation; bpf/resize.bpf.c matches execs in

@@ -1,5 +1,6 @@
 """The in-kernel cost of podsnoop's programs, from the kernel's own run-time statistics,
-turned on only while podsnoop runs."""
+turned on only while podsnoop runs: all the time with --bpf-stats on, in short windows by
+default (sampled), counted in podsnoop_bpf_stats_on_seconds_total."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ from test_network import deltas, snapshot
 SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 RUNS = names.BPF_PROGRAM_RUNS + "_total"
 SECONDS = names.BPF_PROGRAM_RUN_SECONDS + "_total"
+ON_SECONDS = names.BPF_STATS_ON_SECONDS + "_total"
 MANIFEST_CAPS = "-all,+bpf,+perfmon,+net_admin,+sys_ptrace"  # deploy/daemonset.yaml's
 
 
@@ -24,7 +26,7 @@ def test_every_program_is_timed_and_runs_count_packets_exactly(pods, kernel):
     other = bpfload.compile_program("testing/foreign", [])
     other_fd = other.load_func("foreign_count", other.SCHED_CLS).fd
     link = tcx.attach_tcx(other_fd, pod.host_ifindex(), "ingress")
-    proc = run_exporter(pods)
+    proc = run_exporter(pods, "--bpf-stats", "on")
     try:
         wait_for_filters(pod)
         # On through podsnoop's BPF_ENABLE_STATS fd, not the node-wide sysctl.
@@ -49,6 +51,44 @@ def test_every_program_is_timed_and_runs_count_packets_exactly(pods, kernel):
         assert proc.stop() == 0, proc.output()
     try:
         assert SYSCTL.read_text().strip() == "0"
+        counted = run_stats(other_fd)[1]
+        pod.exec(["ping", "-c", "5", "-i", "0.01", "-W", "2", pod.host_ip])
+        assert run_stats(other_fd)[1] == counted, "statistics stayed on after podsnoop"
+    finally:
+        os.close(link)
+        other.cleanup()
+
+
+def test_sampled_windows_count_only_while_on_and_say_for_how_long(pods):
+    """The default: on for --bpf-stats-window seconds of every --bpf-stats-interval. Between
+    two scrapes with the same on-seconds the statistics were off throughout, and the kernel
+    counted no run of anyone's program; within windows it did."""
+    pod = pods.create()
+    other = bpfload.compile_program("testing/foreign", [])
+    other_fd = other.load_func("foreign_count", other.SCHED_CLS).fd
+    link = tcx.attach_tcx(other_fd, pod.host_ifindex(), "ingress")
+    proc = run_exporter(pods, "--bpf-stats-window", "0.3", "--bpf-stats-interval", "1.5")
+    try:
+        wait_for_filters(pod)
+        assert SYSCTL.read_text().strip() == "0"
+        ingress = "net/podsnoop_tc_ingress"
+        off_seen = 0
+        for _ in range(200):
+            m0, counted = proc.metrics(), run_stats(other_fd)[1]
+            pod.exec(["ping", "-c", "3", "-i", "0.01", "-W", "2", pod.host_ip])
+            m1, counted1 = proc.metrics(), run_stats(other_fd)[1]
+            if m1.value(ON_SECONDS) == m0.value(ON_SECONDS):  # off from m0 to m1
+                assert counted1 == counted, "a program was timed outside the windows"
+                assert m1.value(RUNS, program=ingress) == m0.value(RUNS, program=ingress)
+                off_seen += 1
+            if off_seen >= 3 and counted1 > 0 and m1.value(ON_SECONDS) >= 0.6:
+                break
+        assert off_seen >= 3 and counted1 > 0, (off_seen, counted1)
+        assert m1.value(RUNS, program=ingress) > 0 and m1.value(SECONDS, program=ingress) > 0
+        assert m1.value(names.BPF_STATS_ENABLED) == 1
+    finally:
+        assert proc.stop() == 0, proc.output()
+    try:
         counted = run_stats(other_fd)[1]
         pod.exec(["ping", "-c", "5", "-i", "0.01", "-W", "2", pod.host_ip])
         assert run_stats(other_fd)[1] == counted, "statistics stayed on after podsnoop"

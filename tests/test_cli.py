@@ -57,6 +57,10 @@ def test_console_script_starts_the_same_program():
     ([], {"PODSNOOP_LISTEN": "nowhere"}, "is not HOST:PORT"),
     ([], {"PODSNOOP_KUBE": "sometimes"}, "PODSNOOP_KUBE='sometimes': choose from auto, off"),
     ([], {"PODSNOOP_LOG_LEVEL": "loud"}, "PODSNOOP_LOG_LEVEL='loud'"),
+    (["--bpf-stats", "always"], {}, "invalid choice"),
+    (["--bpf-stats-window", "5", "--bpf-stats-interval", "1"], {},
+     "--bpf-stats-window 5 must be more than 0 and at most --bpf-stats-interval 1"),
+    (["--bpf-stats-window", "0"], {}, "--bpf-stats-window 0 must be more than 0"),
 ])
 def test_bad_values_are_one_line_errors(args, env, needle):
     assert_clean_failure(podsnoop(*args, env=env), 2, needle)
