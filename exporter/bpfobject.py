@@ -12,10 +12,18 @@ duplicated and the libbpf object closed: what podsnoop keeps is plain fds, as wi
 Failures say who refused: the verifier (its reason, from libbpf's log of the load), map
 creation, or the object itself, as CollectorUnavailable so that a collector can go off
 alone (app.py).
+
+User programs' objects (an ebpf_exporter-style `<name>.bpf.o`, exporter/programs/objects.py)
+are loaded by load_linked instead: every program is attached by its section name through
+libbpf's own bpf_program__attach (tp_btf, raw_tp, tracepoint, uprobe, usdt, kprobe...), and
+the libbpf object and links stay open until unload (LinkedObject.cleanup), because a
+perf-event link (uprobe, usdt, kprobe) is detached by libbpf, not by closing an fd: it
+disables the event, removes a legacy tracefs probe, and a usdt link needs its object.
 """
 from __future__ import annotations
 
 import ctypes as ct
+import errno as _errno
 import logging
 import os
 import re
@@ -66,7 +74,13 @@ def _lib():
             ("bpf_program__fd", I, [P]),
             ("bpf_program__set_autoload", I, [P, ct.c_bool]),
             ("bpf_program__autoload", ct.c_bool, [P]),
-            ("bpf_raw_tracepoint_open", I, [S, I])):
+            ("bpf_raw_tracepoint_open", I, [S, I]),
+            # user objects (load_linked)
+            ("bpf_object__open_mem", P, [P, ct.c_size_t, P]),
+            ("bpf_program__attach", P, [P]),
+            ("bpf_link__destroy", I, [P]),
+            ("bpf_map__key_size", ct.c_uint32, [P]),
+            ("bpf_map__value_size", ct.c_uint32, [P])):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
     lib._podsnoop_objects = True
@@ -230,3 +244,163 @@ def _hand_over(lib, obj, types: btf.BTF, name: str, source: str, events: dict[st
             os.close(fd)
         raise
     return FdProgram(name, tables, funcs, attachments, info)
+
+
+# -- user objects: loaded, attached by section, kept until unload ----------------------------
+class _OpenOpts(ct.Structure):
+    """The head of struct bpf_object_open_opts (libbpf reads only the `sz` bytes given)."""
+    _fields_ = [("sz", ct.c_size_t), ("object_name", ct.c_char_p)]
+
+
+class LinkedObject(FdProgram):
+    """A user's object as FdProgram (its maps by fd, for the collectors), which also owns
+    the libbpf object and the links of its attached programs until cleanup()."""
+
+    def __init__(self, name: str, tables: dict[str, FdTable], funcs: dict[str, int],
+                 obj, links: list, sections: dict[str, str]):
+        super().__init__(name, tables, funcs, [])
+        self._obj = obj
+        self._links = links
+        self.sections = sections  # program -> its section, e.g. "tp_btf/sys_enter"
+
+    def cleanup(self) -> None:
+        """Destroy every link (libbpf detaches each its own way), close the object, then
+        the duplicated map and program fds: nothing of it stays in the kernel."""
+        if self._closed:
+            return
+        lib = _lib()
+        while self._links:
+            lib.bpf_link__destroy(self._links.pop())
+        if self._obj:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+        super().cleanup()
+
+
+def _user_table(lib, m, types: btf.BTF, map_name: str) -> FdTable:
+    """A map as the collectors read it: keys as the BTF declares them (raw bytes where the
+    BTF has no type for them, or none ctypes can express), u64 values as ebpf_exporter
+    reads them, whatever the BTF calls them (a struct or typedef of 8 bytes)."""
+    key_size, value_size = lib.bpf_map__key_size(m), lib.bpf_map__value_size(m)
+
+    def layout(type_id: int, size: int) -> tuple:
+        try:
+            if type_id:
+                return types.ctypes_spec(type_id)
+        except (btf.BTFError, KeyError, IndexError):
+            pass
+        return ("array", ("simple", "c_uint8"), size) if size else ("simple", "c_uint8")
+    key = layout(lib.bpf_map__btf_key_type_id(m), key_size)
+    value = (("simple", "c_uint64") if value_size == 8 else
+             layout(lib.bpf_map__btf_value_type_id(m), value_size))
+    return FdTable(map_name, os.dup(lib.bpf_map__fd(m)), lib.bpf_map__type(m),
+                   lib.bpf_map__max_entries(m), lib.bpf_map__map_flags(m), key, value)
+
+
+def _load_failure(log_text: str, source: str, sections: dict[str, str]) -> CollectorUnavailable:
+    """A refused load as one line; a program the kernel refused before verifying it (no
+    verifier log: e.g. fentry where the kernel has no BPF trampolines) names its section."""
+    refused = re.search(r"prog '(\w+)': BPF program load failed: ([^\n]*)", log_text)
+    if refused and "-- BEGIN PROG LOAD LOG --" not in log_text:
+        prog, why = refused.groups()
+        e = CollectorUnavailable(
+            f"the kernel refused to load {prog} ({sections.get(prog, '?')}) of {source}: "
+            f"{why.strip()}", "", reason="program refused")
+    else:
+        e = refusal(log_text, source)
+    e.section = sections.get(refused.group(1), "") if refused else ""
+    return e
+
+
+def _attach_failure(log_text: str, prog: str, section: str, source: str,
+                    errno: int) -> CollectorUnavailable:
+    """libbpf's own last word on the attach (e.g. "failed to create kprobe ... perf
+    event"), or, for a section libbpf cannot attach by itself, that."""
+    said = [ln.strip().removeprefix("libbpf: ") for ln in log_text.splitlines()
+            if f"prog '{prog}'" in ln or "failed" in ln]
+    if said:
+        why = said[-1].removeprefix(f"prog '{prog}': ")
+    elif errno == _errno.EOPNOTSUPP:  # no auto-attach for this section
+        why = "libbpf cannot attach this section by itself"
+    else:
+        why = os.strerror(errno) if errno else "failed"
+    e = CollectorUnavailable(f"attaching {prog} ({section}) of {source} failed: {why}", "",
+                             reason="attach failed")
+    e.section = section
+    return e
+
+
+def _object_btf(lib, obj) -> btf.BTF | None:
+    handle = lib.bpf_object__btf(obj)
+    if not handle:
+        return None
+    raw_size = ct.c_uint32()
+    raw = lib.btf__raw_data(handle, ct.byref(raw_size))
+    try:
+        return btf.BTF(ct.string_at(raw, raw_size.value)) if raw else None
+    except btf.BTFError:
+        return None
+
+
+def load_linked(data: bytes, name: str, source: str, *,
+                rodata: dict[str, int] | None = None) -> LinkedObject:
+    """Open an object from its bytes, set its .rodata constants, load it and attach every
+    program by its section name. Anything refused (the object, a constant, the verifier, a
+    map, an attach) is one CollectorUnavailable, and nothing is left loaded or attached."""
+    lib = _lib()
+    buf = ct.create_string_buffer(data, len(data))
+    opts = _OpenOpts(ct.sizeof(_OpenOpts), name.encode())
+    with _Log() as messages:
+        obj = lib.bpf_object__open_mem(buf, len(data), ct.byref(opts))
+        if not obj:
+            last = [ln.strip() for ln in messages.text.splitlines() if ln.strip()]
+            raise CollectorUnavailable(f"{source} is not a BPF object libbpf can open: "
+                                       f"{last[-1].removeprefix('libbpf: ') if last else ''}",
+                                       "", reason="object invalid")
+        links: list = []
+        try:
+            sections = {lib.bpf_program__name(p).decode():
+                        lib.bpf_program__section_name(p).decode()
+                        for p in _iterate(lib.bpf_object__next_program, obj)}
+            types = _object_btf(lib, obj)
+            if types is None:
+                raise CollectorUnavailable(f"{source} has no BTF (compile it with clang -g)",
+                                           "", reason="object invalid")
+            if rodata:
+                try:
+                    _set_rodata(lib, obj, types, rodata, source)
+                except PodsnoopError as e:
+                    raise CollectorUnavailable(e.message, "", reason="constant missing")
+            if lib.bpf_object__load(obj) < 0:
+                raise _load_failure(messages.text, source, sections)
+            for p in _iterate(lib.bpf_object__next_program, obj):
+                if not lib.bpf_program__autoload(p):
+                    continue
+                prog = lib.bpf_program__name(p).decode()
+                del messages.lines[:]
+                link = lib.bpf_program__attach(p)
+                if not link:
+                    raise _attach_failure(messages.text, prog, sections[prog], source,
+                                          ct.get_errno())
+                links.append(link)
+            tables = {}
+            try:
+                for m in _iterate(lib.bpf_object__next_map, obj):
+                    map_name = lib.bpf_map__name(m).decode()
+                    if "." not in map_name and lib.bpf_map__fd(m) >= 0:
+                        tables[map_name] = _user_table(lib, m, types, map_name)
+                funcs = {lib.bpf_program__name(p).decode(): os.dup(lib.bpf_program__fd(p))
+                         for p in _iterate(lib.bpf_object__next_program, obj)
+                         if lib.bpf_program__autoload(p)}
+            except BaseException:
+                for t in tables.values():
+                    os.close(t.map_fd)
+                raise
+        except BaseException:
+            for link in reversed(links):
+                lib.bpf_link__destroy(link)
+            lib.bpf_object__close(obj)
+            raise
+    linked = LinkedObject(name, tables, funcs, obj, links, sections)
+    linked._buf = buf  # the ELF image libbpf opened (it may keep pointers into it)
+    return linked

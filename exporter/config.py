@@ -258,8 +258,9 @@ FLAGS = [
      "scrapes of /metrics answered at once; more get 503 at once (0: no limit)", {}),
     # User programs (issue 14).
     ("--programs", "PODSNOOP_PROGRAMS", None, str,
-     "directory of user programs, <name>.bpf.c (bcc C) + <name>.yaml (ebpf_exporter's "
-     "config format), each loaded at start and exported as podsnoop_<metric>", {}),
+     "directory of user programs, <name>.yaml (ebpf_exporter's config format) beside its "
+     "<name>.bpf.c (bcc C) or compiled <name>.bpf.o, each loaded at start and exported as "
+     "podsnoop_<metric>", {}),
     ("--program-crds", "PODSNOOP_PROGRAM_CRDS", "off", on_off,
      "load, replace and unload user programs live from PodsnoopProgram objects "
      "(podsnoop.io/v1alpha1, cluster-scoped; needs --kube auto and list/watch on them)", {}),

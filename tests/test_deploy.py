@@ -567,6 +567,63 @@ def test_sidecar_read_own_pod_component_builds(tmp_path):
     assert env["PODSNOOP_KUBE"] == "auto" and "POD_UID" in env
 
 
+# --------------------------------------------------------------------------- programs
+
+PROGRAMS = DEPLOY / "programs"
+
+
+def _with_programs(tmp_path: Path, **extra) -> dict[tuple[str, str], dict]:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY, overlay)],
+        "components": [os.path.relpath(PROGRAMS, overlay)], **extra}))
+    return {(d["kind"], d["metadata"]["name"]): d for d in kustomize(overlay)}
+
+
+def test_programs_component_uses_the_bcc_image(tmp_path):
+    """PodsnoopPrograms may be bcc C, which only the -bcc image can compile; an overlay
+    whose programs are all objects keeps the default image by its own images entry (the
+    one the component's comment shows)."""
+    kust = load(PROGRAMS / "kustomization.yaml")[0]
+    assert kust["images"] == [{"name": "podsnoop", "newTag": f"{VERSION}-bcc"}]
+    assert f"images: [{{name: podsnoop, newTag: {VERSION}}}]" in \
+        (PROGRAMS / "kustomization.yaml").read_text()
+    docs = _with_programs(tmp_path)
+    ds = docs[("DaemonSet", "podsnoop")]
+    deserialize(ds)
+    ctr = only_container(ds["spec"]["template"]["spec"])
+    assert ctr["image"] == f"podsnoop:{VERSION}-bcc"
+    assert {"name": "PODSNOOP_PROGRAM_CRDS", "value": "on"} in ctr["env"]
+    for doc in docs.values():
+        if doc["kind"] in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            deserialize(doc)
+    assert ("CustomResourceDefinition", "podsnoopprograms.podsnoop.io") in docs
+    (tmp_path / "default").mkdir()
+    plain = _with_programs(tmp_path / "default", images=[{"name": "podsnoop",
+                                                          "newTag": VERSION}])
+    assert only_container(plain[("DaemonSet", "podsnoop")]["spec"]["template"]["spec"])[
+        "image"] == f"podsnoop:{VERSION}"
+
+
+def test_program_crd_schema_carries_source_or_object():
+    """Every key the exporter reads from a PodsnoopProgram's spec is in the schema (the API
+    server prunes unknown fields), and exactly one of source and object is required."""
+    from exporter.programs import spec as specmod
+    (crd,) = load(PROGRAMS / "podsnoopprogram-crd.yaml")
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert schema["required"] == ["metrics"]
+    assert schema["oneOf"] == [{"required": ["source"]}, {"required": ["object"]}]
+    assert schema["properties"]["object"] == {**schema["properties"]["object"],
+                                              "type": "string", "format": "byte"}
+    assert set(schema["properties"]) == {"source", "object", "metrics", "attach", "selector",
+                                         "series_cap", "kaddrs"}
+    # each of them parses (one spec with all: the object kind takes kaddrs, not uprobes)
+    specmod.parse("p", {"metrics": {"counters": [{"name": "c"}]}, "selector": {},
+                        "series_cap": 5, "kaddrs": ["do_exit"]}, "object")
+
+
 # --------------------------------------------------------------------------- web-config
 
 WEB = DEPLOY / "web-config"

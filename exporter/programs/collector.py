@@ -67,19 +67,26 @@ class _MetricState:
                                          else metric.labels) for n in lb.names]
 
 
+NO_LABELS_KEY = bytes(4)  # a counter without labels: ebpf_exporter's single u32 0 key
+
+
 def check_maps(spec: ProgramSpec, bpf) -> list[_MetricState]:
     states = []
     for m in spec.metrics:
         try:
             table = bpf[m.name.encode()]
         except KeyError:
-            raise SpecError(f"program {spec.name}: bad spec: the C defines no map named "
-                            f"{m.name} for the metric of that name",
-                            f"declare BPF_HASH({m.name}, <key>, u64) in {spec.name}.bpf.c")
+            declare = (f"define a map named {m.name} in SEC(\".maps\") and rebuild "
+                       f"{spec.file}" if spec.kind == "object" else
+                       f"declare BPF_HASH({m.name}, <key>, u64) in {spec.file}")
+            raise SpecError(f"program {spec.name}: bad spec: {spec.file} has no map named "
+                            f"{m.name} for the metric of that name", declare)
         size = ct.sizeof(table.Key)
-        if size != m.key_size:
+        want = m.key_size if m.labels else len(NO_LABELS_KEY)
+        if size != want:
             raise SpecError(f"program {spec.name}: bad spec: map {m.name} has {size}-byte "
-                            f"keys but its labels add up to {m.key_size} bytes",
+                            f"keys but its labels add up to {want} bytes" +
+                            ("" if m.labels else " (no labels: a u32 key, 0)"),
                             "make the label sizes (plus padding) add up to sizeof(key)")
         leaf = getattr(table, "sLeaf", None) or table.Leaf
         if ct.sizeof(leaf) != 8:
@@ -157,6 +164,8 @@ class ProgramCollector:
     def _take(self, st: _MetricState) -> None:
         from ..collectors.bpfmaps import read_items
         rows = [(_raw(st.table, k), _value(v), k) for k, v in read_items(st.table)]
+        if not st.m.labels:  # only key 0 counts, as in ebpf_exporter
+            rows = [r for r in rows if r[0] == NO_LABELS_KEY]
         owners = self._owners(st, [r for r, _, _ in rows])
         deltas: list[tuple[tuple, int]] = []
         for raw, value, key in rows:

@@ -1,12 +1,14 @@
 """Load, run and unload user programs: compile each `<name>.bpf.c` with bcc (podsnoop.h
-inlined in front), check it against its `<name>.yaml`, attach, and collect its maps.
+inlined in front), or load a compiled `<name>.bpf.o` with libbpf (objects.py; bcc is
+imported only for bcc C), check it against its `<name>.yaml`, attach, and collect its maps.
 
 A program that cannot be loaded (bad spec, clang error, verifier rejection, a map that
 does not match its spec, a metric name podsnoop already exports) is logged as ONE line
 naming the program, the reason and the fix, counted in
 podsnoop_program_errors_total{program,reason}, and shown as podsnoop_program_loaded 0;
 everything else keeps running. Unloading calls bcc's cleanup, which detaches every
-tracepoint, raw tracepoint and uprobe the program attached and closes its maps.
+tracepoint, raw tracepoint and uprobe the program attached and closes its maps; an object's
+cleanup destroys its libbpf links and closes the object (bpfobject.LinkedObject).
 
 Tracepoints and raw tracepoints attach through bcc's TRACEPOINT_PROBE /
 RAW_TRACEPOINT_PROBE (at compile time). Uprobes (`attach.uprobes` in the YAML) attach to
@@ -16,6 +18,7 @@ UPROBE_RESCAN_SECONDS; a file no pod process has any more is detached.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -30,6 +33,7 @@ from ..errors import PodsnoopError
 from ..kuberoots import RootSync, choose_level, filter_defines
 from . import spec as specmod
 from .collector import ProgramCollector, metric_name
+from .errors import REASONS, ProgramError  # noqa: F401 (crd.py, tests)
 
 log = logging.getLogger("podsnoop.programs")
 
@@ -42,14 +46,6 @@ PROGRAM_LOADED = "podsnoop_program_loaded"
 PROGRAM_ERRORS = "podsnoop_program_errors"
 PROGRAM_UPROBES = "podsnoop_program_uprobes_attached"
 PROGRAM_SELECTED = "podsnoop_program_selected_cgroups"
-REASONS = ("spec", "compile", "verifier", "maps", "name_conflict", "attach", "internal")
-
-
-class ProgramError(PodsnoopError):
-    def __init__(self, program: str, reason: str, message: str, fix: str):
-        super().__init__(message, fix)
-        self.program = program
-        self.reason = reason
 
 
 def _classify_bcc_failure(program: str, text: str, failure: Exception) -> ProgramError:
@@ -76,14 +72,20 @@ def _classify_bcc_failure(program: str, text: str, failure: Exception) -> Progra
                         f"fix {program}.bpf.c or its attach points")
 
 
-class Program:
-    """One loaded program: its bcc module, collector and attachments."""
+SELECTED_MAP = "podsnoop_selected_cgroups"
 
-    def __init__(self, spec, bpf, collector, root_sync):
+
+class Program:
+    """One loaded program: its bcc module (or libbpf object), collector and attachments.
+    root_sync is None for an object (podsnoop.h's kubepods roots are bcc C's), and
+    `selected` is kept only where the program has the podsnoop_selected_cgroups map."""
+
+    def __init__(self, spec, bpf, collector, root_sync, has_selected: bool = True):
         self.spec = spec
         self.bpf = bpf
         self.collector = collector
         self.root_sync = root_sync
+        self.has_selected = has_selected
         self.uprobes: dict[tuple, tuple[bytes, str]] = {}  # (probe i, dev, ino) -> ev name
         self.last_rescan = float("-inf")
         self.selected = 0  # cgroup ids in podsnoop_selected_cgroups
@@ -121,46 +123,58 @@ class ProgramManager:
         if not d.is_dir():
             raise PodsnoopError(f"--programs {directory} is not a directory",
                                 "point --programs (PODSNOOP_PROGRAMS) at a directory of "
-                                "<name>.bpf.c + <name>.yaml pairs")
+                                "<name>.yaml files, each beside its <name>.bpf.c or "
+                                "<name>.bpf.o")
         names_ = sorted({specmod.program_name(p) for p in d.iterdir()
-                         if p.name.endswith((".bpf.c", ".yaml"))})
+                         if p.name.endswith((".bpf.c", ".bpf.o", ".yaml"))})
         for name in names_:
-            c, y = d / f"{name}.bpf.c", d / f"{name}.yaml"
-            if not c.is_file() or not y.is_file():
-                missing = c.name if not c.is_file() else y.name
+            c, o, y = d / f"{name}.bpf.c", d / f"{name}.bpf.o", d / f"{name}.yaml"
+            if c.is_file() and o.is_file():
+                self._failed(ProgramError(name, "spec", f"program {name}: both {c.name} and "
+                                          f"{o.name} are in {directory}", "keep one: the bcc "
+                                          "C source or the compiled object"))
+                continue
+            code = o if o.is_file() else c
+            if not code.is_file() or not y.is_file():
+                missing = y.name if code.is_file() else f"{c.name} (or {o.name})"
                 self._failed(ProgramError(name, "spec", f"program {name}: {missing} is "
                                           f"missing in {directory}",
                                           f"add {missing} beside the other file, or remove "
                                           "the one that is there"))
                 continue
-            self.load_files(c, y)
+            self.load_files(code, y)
         log.info("user programs: %d loaded, %d failed (from %s)",
                  sum(self.loaded.values()), len(self.loaded) - sum(self.loaded.values()),
                  directory)
 
-    def load_files(self, c_path: Path, yaml_path: Path) -> bool:
+    def load_files(self, code_path: Path, yaml_path: Path) -> bool:
+        """A pair from a directory: <name>.bpf.c (bcc C) or <name>.bpf.o, and its YAML."""
         name = specmod.program_name(yaml_path)
+        kind = "object" if code_path.name.endswith(".bpf.o") else "bcc"
         try:
-            spec = specmod.load(yaml_path)
-            source = c_path.read_text()
+            spec = specmod.load(yaml_path, kind)
+            code = code_path.read_bytes() if kind == "object" else code_path.read_text()
         except specmod.SpecError as e:
             self._failed(ProgramError(name, "spec", e.message, e.fix))
             return False
-        except OSError as e:
+        except (OSError, UnicodeDecodeError) as e:
             self._failed(ProgramError(name, "spec", f"program {name}: cannot read "
-                                      f"{c_path}: {e.strerror}", "check the file"))
+                                      f"{code_path}: {getattr(e, 'strerror', None) or e}",
+                                      "check the file"))
             return False
-        return self.load(spec, source)
+        return self.load(spec, code)
 
-    def load(self, spec, source: str) -> bool:
-        """Load (or replace) one program; False (logged, counted) if it cannot be."""
+    def load(self, spec, code: str | bytes) -> bool:
+        """Load (or replace) one program: `code` is the bcc C (spec.kind "bcc") or the
+        object's bytes ("object"); False (logged, counted) if it cannot be loaded."""
         name = spec.name
         with self._lock:
             old = self.programs.pop(name, None)
             if old is not None:
                 self._close(name, old)
         try:
-            program = self._build(spec, source)
+            program = (self._build_object(spec, code) if spec.kind == "object"
+                       else self._build(spec, code))
         except ProgramError as e:
             self._failed(e)
             return False
@@ -181,7 +195,7 @@ class ProgramManager:
                                                         for m in spec.metrics))
         return True
 
-    def _build(self, spec, source: str) -> Program:
+    def _check_names(self, spec) -> None:
         name = spec.name
         taken = [metric_name(m) for m in spec.metrics
                  if metric_name(m) in self.reserved or
@@ -190,8 +204,40 @@ class ProgramManager:
         if taken:
             raise ProgramError(name, "name_conflict", f"program {name}: podsnoop already "
                                f"exports {taken[0]}", "rename the metric (and its map) in "
-                               f"{name}.yaml and {name}.bpf.c, or turn the podsnoop "
+                               f"{name}.yaml and {spec.file}, or turn the podsnoop "
                                "feature that exports it off")
+
+    def _build_object(self, spec, data: bytes) -> Program:
+        """A compiled object: libbpf loads and attaches it (objects.py); no bcc."""
+        from . import objects
+        self._check_names(spec)
+        bpf = objects.load(spec, data)
+        try:
+            has_selected = SELECTED_MAP in bpf
+            if has_selected:
+                table = bpf[SELECTED_MAP]
+                if ctypes.sizeof(table.Key) != 8 or ctypes.sizeof(table.Leaf) != 1:
+                    raise ProgramError(spec.name, "maps", f"program {spec.name}: map "
+                                       f"{SELECTED_MAP} is not u64 -> u8", "declare it as "
+                                       "a hash of __type(key, u64), __type(value, u8)")
+            elif spec.selector is not None:
+                raise ProgramError(spec.name, "maps", f"program {spec.name}: selector needs "
+                                   f"a map {SELECTED_MAP} in {spec.file}", "declare a hash "
+                                   f"{SELECTED_MAP} (u64 cgroup id -> u8) and look the "
+                                   "current cgroup id up in it")
+            collector = ProgramCollector(spec, bpf, self.resolver, self.labeler, self.links,
+                                         self.grace_seconds)
+            program = Program(spec, bpf, collector, None, has_selected)
+            if has_selected:
+                self._sync_selected(program)
+            return program
+        except BaseException:
+            bpf.cleanup()
+            raise
+
+    def _build(self, spec, source: str) -> Program:
+        name = spec.name
+        self._check_names(spec)
         header = (bpfload.BPF_DIR / "podsnoop.h").read_text()
         text = (header + f'\n#line 1 "{name}.bpf.c"\n' + INCLUDE_RE.sub("", source))
         level = choose_level(self.scope)
@@ -289,8 +335,7 @@ class ProgramManager:
         return ids
 
     def _sync_selected(self, program: Program) -> None:
-        import ctypes
-        table = program.bpf[b"podsnoop_selected_cgroups"]
+        table = program.bpf[SELECTED_MAP.encode()]
         want = self._selected_ids(program.spec.selector)
         have = {int(k.value) for k in table.keys()}
         for cid in have - want:
@@ -390,8 +435,10 @@ class ProgramManager:
     def _sync_all(self, now: float) -> None:
         for p in list(self.programs.values()):
             try:
-                p.root_sync.sync()
-                self._sync_selected(p)
+                if p.root_sync is not None:
+                    p.root_sync.sync()
+                if p.has_selected:
+                    self._sync_selected(p)
                 if p.spec.uprobes and now - p.last_rescan >= UPROBE_RESCAN_SECONDS:
                     self.resolver.rescan(full=False)
                     self._rescan_uprobes(p)
@@ -419,7 +466,8 @@ class ProgramManager:
                 errors.add_metric([name, reason], n)
             for name, p in sorted(self.programs.items()):
                 cap.add_metric([f"program:{name}"], p.collector.cap_dropped)
-                selected.add_metric([name], p.selected)
+                if p.has_selected:
+                    selected.add_metric([name], p.selected)
                 if p.spec.uprobes:
                     uprobes.add_metric([name], sum(1 for ev, _ in p.uprobes.values() if ev))
         return [loaded, errors, uprobes, selected, cap]

@@ -4,7 +4,15 @@ Re-implemented from their documented format (README "Configuration"): `metrics.c
 and `metrics.histograms`, each with name, help and labels; a label has a name, a size in
 bytes of the map key, an optional padding and a list of decoders. Histograms have
 bucket_type (exp2, exp2zero, linear, fixed), bucket_min / bucket_max (or bucket_keys) and
-bucket_multiplier; their last label is the bucket. The BPF map is named as its metric.
+bucket_multiplier; their last label is the bucket. The BPF map is named as its metric. A
+counter without labels is one u32 0 key (an array's first slot), as in ebpf_exporter.
+
+A spec is read for its program's kind: "bcc" (`<name>.bpf.c`, compiled by bcc) or
+"object" (an ebpf_exporter-style compiled `<name>.bpf.o`). `kaddrs` (kernel symbols whose
+addresses become the object's `const volatile u64 kaddr_<symbol>`) needs an object;
+`attach.uprobes` needs bcc C (an object names its uprobes in its section names). What
+podsnoop does not do is refused by name (`tracing` spans, `cgroup_id_map`,
+`perf_event_array` counters, decoders it does not have), never silently ignored.
 
 podsnoop's additions, all optional (ebpf_exporter ignores nothing here, so a spec of theirs
 reads unchanged):
@@ -87,6 +95,12 @@ class ProgramSpec:
     selector: dict | None = None
     series_cap: int = DEFAULT_SERIES_CAP
     kaddrs: tuple[str, ...] = field(default_factory=tuple)
+    kind: str = "bcc"       # "bcc" (<name>.bpf.c) or "object" (<name>.bpf.o)
+
+    @property
+    def file(self) -> str:
+        """The program's file, for messages: <name>.bpf.c or <name>.bpf.o."""
+        return f"{self.name}.bpf.{'o' if self.kind == 'object' else 'c'}"
 
 
 def _fail(program: str, what: str, fix: str):
@@ -167,9 +181,7 @@ def _metric(program: str, kind: str, raw, index: int) -> Metric:
         if raw.get("perf_event_array"):
             _fail(program, f"{where} ({name}) uses perf_event_array, which podsnoop does not "
                   "read", "count in a BPF hash keyed by the labels instead")
-        if not labels:
-            _fail(program, f"{where} ({name}) has no labels", "give the map key a label")
-        return Metric("counter", name, helptext, labels)
+        return Metric("counter", name, helptext, labels)  # no labels: one u32 0 key
     bucket_type = raw.get("bucket_type")
     if bucket_type not in BUCKET_TYPES:
         _fail(program, f"{where} ({name}) bucket_type is {bucket_type!r}",
@@ -202,19 +214,27 @@ def _metric(program: str, kind: str, raw, index: int) -> Metric:
     return Metric("histogram", name, helptext, labels, bucket_type, lo, hi, keys, float(mult))
 
 
-def parse(program: str, data) -> ProgramSpec:
-    """Check a parsed YAML document; SpecError names the first problem and its fix."""
+def parse(program: str, data, kind: str = "bcc") -> ProgramSpec:
+    """Check a parsed YAML document for a program of `kind` ("bcc" or "object"); SpecError
+    names the first problem and its fix."""
     if not isinstance(data, dict):
         _fail(program, "the YAML is not a mapping", "start it with metrics:")
+    if data.get("tracing"):
+        _fail(program, "tracing (ebpf_exporter's OpenTelemetry spans) is not exported by "
+              "podsnoop", "drop tracing:, or count the events in a map under metrics:")
+    if data.get("cgroup_id_map"):
+        _fail(program, "cgroup_id_map is not supported by podsnoop",
+              "drop it; filter by pod with podsnoop_selected_cgroups (README, User programs)")
     metrics = data.get("metrics") or {}
     if not isinstance(metrics, dict):
         _fail(program, "metrics is not a mapping", "write metrics: {counters: [...]}")
     out: list[Metric] = []
-    for kind in ("counter", "histogram"):
-        items = metrics.get(f"{kind}s") or []
+    for metric_kind in ("counter", "histogram"):
+        items = metrics.get(f"{metric_kind}s") or []
         if not isinstance(items, list):
-            _fail(program, f"metrics.{kind}s is not a list", f"write metrics.{kind}s as a list")
-        out += [_metric(program, kind, m, i) for i, m in enumerate(items)]
+            _fail(program, f"metrics.{metric_kind}s is not a list",
+                  f"write metrics.{metric_kind}s as a list")
+        out += [_metric(program, metric_kind, m, i) for i, m in enumerate(items)]
     if not out:
         _fail(program, "no metrics.counters or metrics.histograms",
               "describe at least one map under metrics.counters")
@@ -225,6 +245,9 @@ def parse(program: str, data) -> ProgramSpec:
     if not isinstance(attach, dict):
         _fail(program, "attach is not a mapping", "write attach: {uprobes: [...]}")
     uprobes = []
+    if attach.get("uprobes") and kind == "object":
+        _fail(program, "attach.uprobes is for programs in bcc C, not a .bpf.o",
+              'name the uprobe in the program\'s section: SEC("uprobe/<binary>:<symbol>")')
     for i, u in enumerate(attach.get("uprobes") or []):
         if not isinstance(u, dict) or not isinstance(u.get("binary"), str) \
                 or not isinstance(u.get("symbol"), str):
@@ -233,10 +256,12 @@ def parse(program: str, data) -> ProgramSpec:
         ret = bool(u.get("return", False))
         fn = u.get("function") or ("uretprobe_" if ret else "uprobe_") + u["symbol"]
         uprobes.append(Uprobe(u["binary"], u["symbol"], fn, ret))
-    unknown = set(data) - {"metrics", "attach", "selector", "series_cap", "kaddrs"}
+    # `name` is ebpf_exporter's too (it names a config by its file, as podsnoop does)
+    unknown = set(data) - {"metrics", "attach", "selector", "series_cap", "kaddrs", "name",
+                           "tracing", "cgroup_id_map"}
     if unknown:
         _fail(program, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}",
-              "use metrics, attach, selector, series_cap")
+              "use metrics, attach, selector, series_cap, kaddrs")
     selector = data.get("selector")
     if selector is not None:
         if not isinstance(selector, dict) or not set(selector) <= {"namespace", "matchLabels"}:
@@ -245,14 +270,19 @@ def parse(program: str, data) -> ProgramSpec:
         if not isinstance(selector.get("matchLabels", {}), dict):
             _fail(program, "selector.matchLabels is not a mapping", "write matchLabels: {app: web}")
     cap = _int(program, "series_cap", data.get("series_cap", DEFAULT_SERIES_CAP), 1, 10**6)
-    if data.get("kaddrs"):
-        _fail(program, "kaddrs is not supported by podsnoop",
-              "drop kaddrs; read kernel addresses in the C another way")
-    kaddrs: tuple[str, ...] = ()
-    return ProgramSpec(program, tuple(out), tuple(uprobes), selector, cap, kaddrs)
+    kaddrs = data.get("kaddrs") or []
+    if kaddrs and kind != "object":
+        _fail(program, "kaddrs needs a compiled .bpf.o (it sets the object's const volatile "
+              "kaddr_<symbol>)", "drop kaddrs, or compile the program to a .bpf.o")
+    if not isinstance(kaddrs, list) or not all(isinstance(k, str) and NAME_RE.fullmatch(k)
+                                               for k in kaddrs):
+        _fail(program, "kaddrs is not a list of kernel symbol names",
+              "write kaddrs: [symbol_name]")
+    return ProgramSpec(program, tuple(out), tuple(uprobes), selector, cap, tuple(kaddrs),
+                       kind)
 
 
-def load(yaml_path: Path) -> ProgramSpec:
+def load(yaml_path: Path, kind: str = "bcc") -> ProgramSpec:
     import yaml
     program = program_name(yaml_path)
     try:
@@ -264,8 +294,8 @@ def load(yaml_path: Path) -> ProgramSpec:
         where = f" at line {mark.line + 1}" if mark else ""
         _fail(program, f"{yaml_path.name} is not valid YAML{where} "
               f"({getattr(e, 'problem', None) or e})", "fix the YAML syntax")
-    return parse(program, data)
+    return parse(program, data, kind)
 
 
 def program_name(path: Path) -> str:
-    return path.name.removesuffix(".yaml").removesuffix(".bpf.c")
+    return path.name.removesuffix(".yaml").removesuffix(".bpf.c").removesuffix(".bpf.o")
