@@ -8,6 +8,13 @@
 //     egress = into the pod (receive);
 //   sidecar mode, the pod's own interfaces: ingress = into the pod (receive),
 //     egress = out of it (transmit).
+// Counters: an interface whose bucket (ifindex & net_bucket_mask) it has to itself counts in
+// net_buckets, a plain array with one entry per (bucket, direction, CPU) that the program
+// indexes directly (no hashing, no per-CPU pointer to follow: one cache line, the one it
+// writes) and that userspace reads and claims through mmap (collectors/netbuckets.py);
+// the entry's ifindex says whose it is. Where two interfaces share a bucket (ifindexes
+// net_bucket_mask + 1 apart), or with --net-buckets 0, the interface counts in the
+// per-CPU hash net_counters, keyed by (ifindex, direction, protocol).
 // Every program returns TC_ACT_UNSPEC so the packet continues, unchanged, to the next
 // filter on the hook (a CNI's own program may sit behind ours). PROTO_* and DIR_* come from
 // exporter/names.py through the build (exporter/bpfconsts.py).
@@ -30,6 +37,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 const volatile u8 ingress_dir = DIR_TRANSMIT;
 const volatile u8 egress_dir = DIR_RECEIVE;
+const volatile u32 net_bucket_mask = 0;   // buckets - 1 (buckets: a power of two)
+const volatile u32 use_buckets = 0;       // 0: --net-buckets 0, the hash only
+const volatile u32 ncpus = 1;             // possible CPUs: entries per (bucket, direction)
 
 struct net_key {
     u32 ifindex;
@@ -51,6 +61,22 @@ struct {
     __type(key, struct net_key);
     __type(value, struct net_value);
 } net_counters SEC(".maps");
+
+struct net_slot {
+    u32 ifindex;  // the interface counting here (0: none); written by userspace only
+    u32 pad;
+    struct net_value protos[NET_PROTOCOLS];
+    u8 pad2[NET_SLOT_SIZE - 8 - 16 * NET_PROTOCOLS];
+};
+
+// Its size (buckets x 2 x ncpus) is set before load from --net-buckets.
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __uint(max_entries, 1);
+    __type(key, u32);
+    __type(value, struct net_slot);
+} net_buckets SEC(".maps");
 
 // Inserts that failed because net_counters was full.
 struct {
@@ -165,6 +191,18 @@ static __always_inline int count(struct __sk_buff *skb, u8 dir)
     key.proto = classify_linear(skb);
     if (key.proto == PROTO_UNKNOWN)
         key.proto = classify(skb);
+    if (use_buckets) {
+        u32 idx = ((key.ifindex & net_bucket_mask) * 2 + (dir & 1)) * ncpus +
+                  bpf_get_smp_processor_id();
+        struct net_slot *slot = bpf_map_lookup_elem(&net_buckets, &idx);
+        if (slot && slot->ifindex == key.ifindex) {
+            u32 proto = key.proto < NET_PROTOCOLS ? key.proto : PROTO_OTHER;
+            // this CPU's own entry, and TC programs do not nest on a CPU: no atomics
+            slot->protos[proto].packets += 1;
+            slot->protos[proto].bytes += skb->len;
+            return TC_ACT_UNSPEC;
+        }
+    }
     value = lookup_or_init(&net_counters, &key, &zero);
     if (value) {
         value->packets += 1;

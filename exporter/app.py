@@ -16,6 +16,7 @@ from pyroute2 import AsyncIPRoute
 from . import __version__, bpfload, names, webconfig
 from . import loader as bpf_programs
 from .cgroups import CgroupError, CgroupResolver, find_cgroup2_mount
+from .bpffd import possible_cpus
 from .collectors.container_net import ContainerNetworkCollector
 from .collectors.container_net import load_programs as load_container_net_programs
 from .collectors.drops import DropCollector, OwnNetns, PodInterfaces
@@ -354,8 +355,11 @@ async def run(cfg: Config) -> int:
                 links = LinkManager(attacher, OwnPodNetns(identity.uid), cfg.interfaces,
                                     selects=is_own_interface)
             if net is not None:
-                network = NetworkCollector(net, links, labeler, cfg.grace_seconds)
+                network = NetworkCollector(net, links, labeler, cfg.grace_seconds,
+                                           cfg.net_buckets, possible_cpus())
                 links.on_removed = network.retire
+                links.on_adding = network.claim
+                cleanups.append(network.buckets.close)
                 collectors = {"network": network, **collectors}
             if drops_bpf is not None:
                 syncs.append(PodInterfaces(drops_bpf["pod_ifindexes"], links))

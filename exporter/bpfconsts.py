@@ -18,8 +18,15 @@ CONNECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+# bpf/net.bpf.c's direct-mapped counters (collectors/netbuckets.py reads them): one entry
+# per (bucket, direction, CPU) of NET_SLOT_SIZE bytes, two cache lines, so that no two
+# CPUs write to one line: the ifindex it counts, then (packets, bytes) per protocol.
+NET_SLOT_SIZE = 128
+
+
 def build_defines() -> list[str]:
     flags = [f"-DPROTO_{p.upper()}={i}" for i, p in enumerate(names.PROTOCOLS)]
+    flags += [f"-DNET_PROTOCOLS={len(names.PROTOCOLS)}", f"-DNET_SLOT_SIZE={NET_SLOT_SIZE}"]
     flags += [f"-DDIR_RECEIVE={names.DIR_RECEIVE}", f"-DDIR_TRANSMIT={names.DIR_TRANSMIT}",
               f"-DMAX_KUBEPODS_ROOTS={MAX_ROOTS}", f"-DEXEC_FILENAME_LEN={EXEC_FILENAME_LEN}"]
     bounds_ns = ",".join(str(round(b * 1e9)) for b in CONNECT_BUCKETS)

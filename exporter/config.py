@@ -77,6 +77,7 @@ class Config:
     drop_map_entries: int = 16384
     container_network: bool = False
     container_net_map_entries: int = 16384
+    net_buckets: int = 256
     # Resize on exec (issue 8).
     resize: str = "off"
     resize_hold_seconds: float = 30.0
@@ -135,6 +136,15 @@ def bounded_int(lo: int, hi: int):
     return parse
 
 
+def power_of_two(hi: int):
+    def parse(value: str) -> int:
+        n = bounded_int(0, hi)(value)
+        if n & (n - 1):
+            raise argparse.ArgumentTypeError(f"{n} is not 0 or a power of two")
+        return n
+    return parse
+
+
 def seconds(value: str) -> float:
     try:
         n = float(value)
@@ -177,6 +187,11 @@ FLAGS = [
      "seconds a deleted pod's last counters stay exported", {}),
     ("--net-map-entries", "PODSNOOP_NET_MAP_ENTRIES", "16384", bounded_int(64, 1 << 22),
      "capacity of the network counter map (10 entries per interface at most)", {}),
+    ("--net-buckets", "PODSNOOP_NET_BUCKETS", f"{Config.net_buckets}", power_of_two(1 << 16),
+     "interfaces that count in their own bucket of the packet counters (ifindex modulo "
+     "this, a power of two; 2 x 128 bytes per bucket per CPU): the cheapest path per "
+     "packet; one whose bucket is taken counts in the --net-map-entries hash (0: all do)",
+     {}),
     ("--kubepods-root", "PODSNOOP_KUBEPODS_ROOT", None, str,
      "the kubelet's pod cgroup directory (default: found below the cgroup v2 mount, e.g. "
      "/sys/fs/cgroup/kubepods.slice)", {}),
@@ -321,7 +336,8 @@ def parse(argv: list[str] | None = None) -> Config:
     return Config(host=host, port=port, kube=a.kube, kubeconfig=a.kubeconfig,
                   node_name=a.node_name, log_level=a.log_level, interfaces=a.interfaces,
                   tc_priority=a.tc_priority, grace_seconds=a.grace_period,
-                  net_map_entries=a.net_map_entries, syscalls=a.syscalls,
+                  net_map_entries=a.net_map_entries, net_buckets=a.net_buckets,
+                  syscalls=a.syscalls,
                   syscall_scope=a.syscall_scope, syscall_top=a.syscall_top,
                   syscall_allowlist=a.syscall_allowlist,
                   syscall_series_cap=a.syscall_series_cap,

@@ -72,12 +72,14 @@ class OwnPodNetns:
 class LinkManager:
     def __init__(self, attacher: TcAttacher, netns_index, name_pattern: str | None = None,
                  on_removed: Callable[[PodLink], None] = lambda link: None,
-                 selects: Callable[[object], bool] = is_pod_veth):
+                 selects: Callable[[object], bool] = is_pod_veth,
+                 on_adding: Callable[[PodLink], None] = lambda link: None):
         self.attacher = attacher
         self.selects = selects  # which links of this namespace are a pod's
         self.netns_index = netns_index
         self.name_re = re.compile(name_pattern) if name_pattern else None
         self.on_removed = on_removed
+        self.on_adding = on_adding  # before the link is attached (its counters' bucket)
         self.links: dict[int, PodLink] = {}
         self.attach_failures = 0
         self.repairs = 0          # hooks whose filter we put back after it was deleted
@@ -124,6 +126,7 @@ class LinkManager:
         link.pod_uid = self.netns_index.pod_uid(link.netnsid)
         self.links[index] = link
         self._new_link_seen = True
+        self.on_adding(link)
         try:
             await self.attacher.attach(index)
             link.attached = True

@@ -26,9 +26,15 @@ INFLIGHT_MAX_ENTRIES = 32768   # threads in a syscall at once, where task storag
 
 # -- what each object is given before its load ----------------------------------------
 def _net_object(cfg, level):
+    from .bpffd import possible_cpus
+    from .collectors.netbuckets import entries
     ingress, egress = names.HOOK_DIRECTIONS["sidecar" if cfg.mode == "sidecar" else "node"]
-    return dict(rodata={"ingress_dir": ingress, "egress_dir": egress},
-                max_entries={"net_counters": cfg.net_map_entries})
+    ncpus = possible_cpus()
+    return dict(rodata={"ingress_dir": ingress, "egress_dir": egress, "ncpus": ncpus,
+                        "use_buckets": int(cfg.net_buckets > 0),
+                        "net_bucket_mask": max(cfg.net_buckets - 1, 0)},
+                max_entries={"net_counters": cfg.net_map_entries,
+                             "net_buckets": entries(cfg.net_buckets, ncpus)})
 
 
 def _syscalls_object(cfg, level):

@@ -300,6 +300,22 @@ def net_keys(pid: int) -> list[tuple[int, int, int]]:
     return [struct.unpack_from("<IBB", k) for k in map_keys(map_ids(pid)["net_counters"])]
 
 
+def bucket_owners(pid: int) -> set[int]:
+    """The ifindexes counting in a bucket of exporter `pid`'s net_buckets (read through the
+    map's mmap, as the exporter does; bpf/net.bpf.c's struct net_slot starts with it)."""
+    import mmap
+    from exporter.bpfconsts import NET_SLOT_SIZE
+    fd = _map_fd(map_ids(pid)["net_buckets"])
+    try:
+        _, _, _, max_entries = _map_info(fd)
+        size = -(-max_entries * NET_SLOT_SIZE // mmap.PAGESIZE) * mmap.PAGESIZE
+        with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as mem:
+            return {struct.unpack_from("<I", mem, i * NET_SLOT_SIZE)[0]
+                    for i in range(max_entries)} - {0}
+    finally:
+        os.close(fd)
+
+
 def syscall_keys(pid: int, name: str = "syscall_counts") -> list[tuple[int, int]]:
     """(cgroup_id, nr or slot) of every syscall_counts / syscall_latency entry."""
     return [struct.unpack_from("<QI", k) for k in map_keys(map_ids(pid)[name])]

@@ -105,8 +105,9 @@ def exact(exporter, pod) -> None:
 
 @pytest.fixture
 def net_map_64(pods):
-    """An exporter with the smallest network map, and a scraper running the whole time."""
-    proc = run_exporter(pods, "--net-map-entries", "64")
+    """An exporter with the smallest network map and no buckets (every interface counts in
+    the hash, as one whose bucket is taken does), and a scraper running the whole time."""
+    proc = run_exporter(pods, "--net-map-entries", "64", "--net-buckets", "0")
     try:
         with Scraper(proc.url, interval=0.1) as scraper:
             yield pods, proc, scraper

@@ -186,14 +186,52 @@ def test_deleted_pod_series_leave_after_the_grace_period(pods):
         name = names.NET_TRANSMIT_PACKETS + "_total"
         wait_for(lambda: proc.metrics().value(name, interface=gone.host_if, protocol="icmp") == 3,
                  what="pings counted")
-        entries_before = proc.metrics().value(names.BPF_MAP_ENTRIES, map="net_counters")
+        def entries():  # its bucket of net_buckets, or its entries of the hash
+            m = proc.metrics()
+            return sum(m.value(names.BPF_MAP_ENTRIES, map=t)
+                       for t in ("net_counters", "net_buckets"))
+        entries_before = entries()
         pods.delete(gone)
         # Within the grace period the final counts are still there...
-        wait_for(lambda: proc.metrics().value(names.BPF_MAP_ENTRIES, map="net_counters")
-                 < entries_before, what="the gone link's map entries to be deleted")
+        wait_for(lambda: entries() < entries_before,
+                 what="the gone link's bucket and map entries to be freed")
         assert proc.metrics().value(name, interface=gone.host_if, protocol="icmp") == 3
         # ...and after it, no series of the deleted pod is left.
         wait_for(lambda: not proc.metrics().series(name, interface=gone.host_if),
                  timeout=6, what="series to expire")
     finally:
         assert proc.stop() == 0
+
+
+def test_interfaces_sharing_a_bucket_count_exactly_in_the_hash(pods):
+    """--net-buckets 1: one bucket for all (ifindex & 0), so the first pod's veth counts in
+    it and every other one in the net_counters hash; both paths match the kernel's own
+    interface counters exactly, and a freed bucket goes to the next pod."""
+    proc = run_exporter(pods, "--net-buckets", "1")
+    try:
+        first, second = pods.create(), pods.create()
+        for p in (first, second):
+            wait_for(lambda: attached(p), what="attach")
+            p.exec(["ping", "-c", "1", "-W", "2", p.host_ip])
+        m = proc.metrics()
+        assert m.value(names.BPF_MAP_ENTRIES, map="net_buckets") == 1
+        assert m.value(names.BPF_MAP_MAX_ENTRIES, map="net_buckets") == 1
+        assert m.value(names.BPF_MAP_ENTRIES, map="net_counters") > 0  # the second's
+        for p in (first, second):
+            before = snapshot(proc, p)
+            p.exec(["ping", "-c", "7", "-i", "0.02", "-s", "100", "-q", p.host_ip])
+            exported, kernel, protos, _ = deltas(before, snapshot(proc, p))
+            assert exported == kernel and protos[("tx", "icmp")] == 7, p.host_if
+        pods.delete(first)
+        wait_for(lambda: proc.metrics().value(names.BPF_MAP_ENTRIES, map="net_buckets") == 0,
+                 what="the first pod's bucket freed")
+        third = pods.create()
+        wait_for(lambda: attached(third), what="attach")
+        third.exec(["ping", "-c", "1", "-W", "2", third.host_ip])
+        assert proc.metrics().value(names.BPF_MAP_ENTRIES, map="net_buckets") == 1
+        before = snapshot(proc, third)
+        third.exec(["ping", "-c", "4", "-i", "0.02", "-q", third.host_ip])
+        exported, kernel, protos, _ = deltas(before, snapshot(proc, third))
+        assert exported == kernel and protos[("tx", "icmp")] == 4
+    finally:
+        assert proc.stop() == 0, proc.output()

@@ -17,7 +17,8 @@ import pytest
 from exporter import names
 from exporter.links import MAX_RETRY_SECONDS
 from conftest import our_filters, run_exporter
-from soak_helpers import Scraper, ThreadSafePodFactory, net_keys, rss_kb, syscall_keys
+from soak_helpers import (Scraper, ThreadSafePodFactory, bucket_owners, net_keys, rss_kb,
+                          syscall_keys)
 from test_network import wait_for
 from test_syscalls import GETSID
 
@@ -106,7 +107,8 @@ def test_churn_leaves_nothing_behind_and_memory_flat(churn_pods):
                 lab = s[0]
                 if lab.get("pod_uid") in gone_uids or lab.get("interface") in gone_ifs:
                     left.append(f"{fam}{lab}")
-        nk = [k for k in net_keys(pid) if k[0] in gone_ifindexes]
+        nk = [k for k in net_keys(pid) if k[0] in gone_ifindexes] + \
+            sorted(bucket_owners(pid) & gone_ifindexes)
         sk = [k for k in syscall_keys(pid) if k[0] in gone_cgroups]
         lk = [k for k in syscall_keys(pid, "syscall_latency") if k[0] in gone_cgroups]
         return left, nk, sk, lk
@@ -192,15 +194,17 @@ def test_churn_leaves_nothing_behind_and_memory_flat(churn_pods):
         assert not log.failures, f"{log.failures[:5]}\n{figures}"
         # Each pod's counters were exact and carried its own pod_uid.
         assert not label_problems, "\n".join(label_problems) + "\n" + figures
-        # Nothing of the deleted pods left: series, net_counters and syscall map keys.
+        # Nothing of the deleted pods left: series, buckets, net_counters and syscall keys.
         assert gone_state(m) == ([], [], [], [])
-        # What is left in net_counters is exactly the survivors' keys, one per exported
-        # (interface, direction, protocol).
-        keys = net_keys(pid)
-        assert {k[0] for k in keys} <= {p.host_ifindex() for p in survivors}
+        # What is left in net_buckets and net_counters is the survivors' only: each one
+        # counts in its bucket or, where the bucket is another's, in the hash.
+        keys, owners = net_keys(pid), bucket_owners(pid)
+        live = {p.host_ifindex() for p in survivors}
+        assert ({k[0] for k in keys} | owners) <= live and not {k[0] for k in keys} & owners
         series = [s for fam in (RX, TX) for s in m.series(fam)]
         assert {s["interface"] for s in series} <= {p.host_if for p in survivors}
-        assert m.value(names.BPF_MAP_ENTRIES, map="net_counters") == len(keys) == len(series)
+        assert m.value(names.BPF_MAP_ENTRIES, map="net_counters") == len(keys)
+        assert m.value(names.BPF_MAP_ENTRIES, map="net_buckets") == len(owners)
         # syscall_counts: no key of any cgroup this test made, except the survivors'.
         live_cgroups = {i for p in survivors for i in cgroup_ids(p)}
         assert not {k[0] for k in syscall_keys(pid)} & gone_cgroups

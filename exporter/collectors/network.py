@@ -1,9 +1,10 @@
-"""Per-pod network counters from bpf/net.bpf.c's net_counters map.
-
-Keys are (ifindex, direction, protocol); the link manager knows which pod and interface an
-ifindex is. When a link disappears its last values are retired: kept (and exported) for the
-grace period so the final increments are scraped, while the map entries are deleted at once
-(the ifindex may be reused by the next pod).
+"""Per-pod network counters from bpf/net.bpf.c: an interface's own bucket of the
+direct-mapped net_buckets (netbuckets.py, claimed before the interface is attached), or,
+where its bucket is taken, the net_counters hash keyed by (ifindex, direction, protocol).
+The link manager knows which pod and interface an ifindex is. When a link disappears its
+last values are retired: kept (and exported) for the grace period so the final increments
+are scraped, while its bucket and hash entries are freed at once (the ifindex may be
+reused by the next pod).
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .. import names
 from ..exposition import RowFamily
 from .bpfmaps import read_summed, sum_counter_array, sum_percpu
+from .netbuckets import NetBuckets
 
 MAP = "net_counters"
+BUCKETS_MAP = "net_buckets"
 # Protocol label of each protocol number the key can hold (u8): unknown ones are "other".
 _PROTOCOL_OF_NUMBER = tuple(names.PROTOCOLS[i] if i < len(names.PROTOCOLS) else "other"
                             for i in range(256))
@@ -30,9 +33,11 @@ FIELDS = ("packets", "bytes")
 
 
 class NetworkCollector:
-    def __init__(self, bpf, links, labeler, grace_seconds: float, clock=time.monotonic):
+    def __init__(self, bpf, links, labeler, grace_seconds: float, buckets: int = 0,
+                 ncpus: int = 1, clock=time.monotonic):
         self.table = bpf[MAP]
         self.failures = bpf["net_update_failures"]
+        self.buckets = NetBuckets(bpf[BUCKETS_MAP], buckets, ncpus)
         self.links = links            # LinkManager (links: ifindex -> PodLink)
         self.labeler = labeler
         self.grace_seconds = grace_seconds
@@ -44,12 +49,23 @@ class NetworkCollector:
         namespace, pod = self.labeler.pod(link.pod_uid)
         return (namespace, pod, link.pod_uid, link.name)
 
+    def claim(self, link) -> None:
+        """Called before a link is attached: its own bucket, if it is free."""
+        with self._lock:
+            self.buckets.claim(link.index)
+
     def retire(self, link) -> None:
-        """Called when a link is deleted: keep its totals for the grace period, free the map."""
+        """Called when a link is deleted: keep its totals for the grace period, free its
+        bucket and its map entries."""
         base = self._base_labels(link)
         expires = self.clock() + self.grace_seconds
         Key = self.table.Key
         with self._lock:
+            for (direction, proto), (packets, nbytes) in \
+                    self.buckets.release(link.index).items():
+                sample = (direction, base + (names.PROTOCOLS[proto],))
+                old = self._retired.get(sample, [0, 0, 0])
+                self._retired[sample] = [old[0] + packets, old[1] + nbytes, expires]
             for direction in (names.DIR_RECEIVE, names.DIR_TRANSMIT):
                 for proto in range(len(names.PROTOCOLS)):
                     key = Key(link.index, direction, proto, 0)
@@ -75,6 +91,8 @@ class NetworkCollector:
         m = GaugeMetricFamily(names.BPF_MAP_MAX_ENTRIES, "Capacity of a BPF map.",
                               labels=["map"])
         m.add_metric([MAP], self.table.max_entries)
+        e.add_metric([BUCKETS_MAP], len(self.buckets.owner))
+        m.add_metric([BUCKETS_MAP], self.buckets.buckets)
         f = CounterMetricFamily(names.BPF_MAP_UPDATE_FAILURES,
                                 "Counter updates lost because a BPF map was full.",
                                 labels=["map"])
@@ -103,6 +121,12 @@ class NetworkCollector:
         protocols = _PROTOCOL_OF_NUMBER
         items = read_summed(self.table)
         totals: dict[tuple, list] = {}
+        with self._lock:
+            for index, base in bases.items():
+                if self.buckets.holds(index):
+                    for (direction, proto), (packets, nbytes) in \
+                            self.buckets.totals(index).items():
+                        totals[(direction, base + (protocols[proto],))] = [packets, nbytes]
         for key, (packets, nbytes) in items:
             base = bases.get(key.ifindex)
             if base is None:
