@@ -182,3 +182,14 @@ def test_drops_off_loads_no_program(pods):
         assert proc.metrics().value(names.SCRAPE_COLLECTOR_SUCCESS, collector="drops") == 1
     finally:
         assert proc.stop() == 0
+
+
+def test_reason_names_from_libbpf_match_the_kernel_btf_parsed_here():
+    """The loader reads the two enums through libbpf's BTF parser (fast, then freed);
+    exporter/btf.py's own parser reads the same values from /sys/kernel/btf/vmlinux."""
+    from exporter import btf
+    for name in ("skb_drop_reason", "skb_drop_reason_subsys"):
+        with open(btf.VMLINUX, "rb") as f:
+            here = btf.BTF(f.read(), only_enums=frozenset([name])).enum(name)
+        assert btf._libbpf_enums([name], btf.VMLINUX)[name] == here
+        assert btf.vmlinux_enums(name).enum(name) == here
