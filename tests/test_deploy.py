@@ -182,7 +182,7 @@ def test_daemonset_port_and_probes():
 def test_daemonset_image_and_resources():
     assert CTR["image"] == "podsnoop"
     assert CTR["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"},
-                                "limits": {"cpu": "1", "memory": "512Mi"}}
+                                "limits": {"cpu": "1", "memory": "256Mi"}}
     # the figures come from a benchmark, named beside them
     text = (DEPLOY / "daemonset.yaml").read_text()
     assert "bench/image.py" in text and "Placeholder" not in text
@@ -410,14 +410,32 @@ def _apt(stage) -> list[str]:
     return m.group(1).split() if m else []
 
 
+def _rootfs_packages() -> list[str]:
+    """The packages whose files the rootfs stage puts into the default image."""
+    (arg,) = [a for op, a in _stage("rootfs") if op == "ARG" and a.startswith("ROOTFS_PACKAGES=")]
+    return arg.partition("=")[2].strip('"').split()
+
+
 def test_dockerfile_base_and_packages():
     stages = _stages()
     assert _instructions()[0][0] == "FROM"
-    for stage in stages:  # every stage starts from Debian 12, or from an earlier stage
+    for stage in stages[:-1]:  # every stage starts from Debian 12, or from an earlier stage
         assert re.fullmatch(r"(debian:12(-slim)?|runtime)( AS \w+)?", stage[0][1], re.I), stage[0]
-    # the default image (the last stage) is the runtime one: no compiler, bcc or headers
-    assert re.fullmatch(r"runtime AS default", stages[-1][0][1], re.I)
-    assert [op for op, _ in stages[-1]] == ["FROM"]
+    # the default image (the last stage) is no Debian base: the root filesystem that the
+    # rootfs stage assembles from the runtime packages' files, and the venv. No shell: its
+    # RUN (a check) is in exec form.
+    default = stages[-1]
+    assert re.fullmatch(r"scratch AS default", default[0][1], re.I)
+    assert re.fullmatch(r"runtime AS rootfs", _stage("rootfs")[0][1], re.I)
+    assert [a.split() for op, a in default if op == "COPY"] == [
+        ["--from=rootfs", "/rootfs/", "/"],
+        ["--from=build", "/opt/podsnoop/venv", "/opt/podsnoop/venv"]]
+    assert all(json.loads(a)[0] == "python" for op, a in default if op == "RUN")
+    pkgs = _rootfs_packages()
+    assert {"libbpf1", "python3.11-minimal", "libpython3.11-stdlib", "libc6"} <= set(pkgs)
+    assert not {"python3-bpfcc", "clang", "llvm", "libbpf-dev", "bash", "dash", "apt", "dpkg",
+                "perl-base", "coreutils"} & set(pkgs)
+    assert not any(p.startswith(("linux-headers-", "libllvm", "libclang")) for p in pkgs)
     runtime = _apt(_stage("runtime"))
     assert "libbpf1" in runtime and "python3" in runtime
     assert not {"python3-bpfcc", "clang", "llvm", "libbpf-dev"} & set(runtime)
@@ -449,7 +467,7 @@ def test_dockerfile_bundles_headers_once_for_nodes_without():
 def test_dockerfile_final_stage_carries_no_build_workaround():
     """A proxy CA for pip may be passed to the build stage only (scripts/image.sh does, on
     the development machines); neither image carries one."""
-    for final in (_stage("runtime"), _stage("bcc")):
+    for final in (_stage("runtime"), _stage("bcc"), _stage("rootfs"), _stage("default")):
         text = " ".join(a for _, a in final)
         assert "PIP_CERT" not in text and "host-ca" not in text
         for op, args in final:
@@ -467,11 +485,14 @@ def test_dockerfile_never_pip_installs_bcc():
 
 def test_dockerfile_entrypoint_and_bpf_sources():
     ins = _instructions()
-    (entry,) = [a for op, a in ins if op == "ENTRYPOINT"]
-    assert json.loads(entry) == ["podsnoop"]
+    # the default image (FROM scratch) and the runtime stage (and so the -bcc image) each
+    # set them, the same
+    for stage in (_stage("runtime"), _stage("default")):
+        (entry,) = [a for op, a in stage if op == "ENTRYPOINT"]
+        assert json.loads(entry) == ["podsnoop"]
+        (cmd,) = [a for op, a in stage if op == "CMD"]
+        assert json.loads(cmd) == CTR["args"]
     assert "podsnoop" in PYPROJECT["project"]["scripts"]
-    (cmd,) = [a for op, a in ins if op == "CMD"]
-    assert json.loads(cmd) == CTR["args"]
     # the C sources go into the package the image installs (exporter/bpf in the wheel)
     copies = [a.split() for op, a in ins if op == "COPY"]
     assert ["bpf/", "/src/bpf/"] in copies
