@@ -438,9 +438,9 @@ class PodWatcher:
                     client = self.api_client_factory()
                     if client is None:
                         raise RuntimeError("no Kubernetes API client configured")
-                    # A heavy import (~0.6 s CPU, once): here, not on the exporter's startup path.
-                    from kubernetes.client import CoreV1Api
-                    api = CoreV1Api(client)
+                    # Not CoreV1Api: ~21 MB of generated code and models (kubeapi.py).
+                    from .kubeapi import RawPods
+                    api = RawPods(client)
                 if need_list:
                     self._list(api, consistent=self._synced.is_set())
                     need_list = False
