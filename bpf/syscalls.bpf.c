@@ -38,10 +38,15 @@ struct latency_key {
     u32 pad;
 };
 
-// The thread's syscall in flight: entry time (0: none tracked) and number.
+// The thread's syscall in flight: entry time (0: none tracked) and number. In task storage
+// (__task) also the thread's verdict: tracked() for its css_set (cgroups) under a roots
+// generation, bit 0 the verdict, so a host thread costs one storage lookup per syscall
+// instead of a cgroup walk; a thread that moves to another cgroup gets another css_set.
 struct inflight {
     u64 start;
     s64 nr;
+    u64 cset;
+    u64 verdict;  // generation << 1 | tracked
 };
 
 // Sizes are set before load (bpf_map__set_max_entries) from the flags.
@@ -147,11 +152,19 @@ static __always_inline void note_entry(struct inflight *f, long nr)
 SEC("raw_tp/sys_enter")
 int sys_enter__task(struct bpf_raw_tracepoint_args *ctx)
 {
-    if (!tracked())
-        return 0;
     struct task_struct *task = bpf_get_current_task_btf();
-    note_entry(bpf_task_storage_get(&syscall_inflight, task, 0,
-                                    BPF_LOCAL_STORAGE_GET_F_CREATE), (long)ctx->args[1]);
+    struct inflight *f = bpf_task_storage_get(&syscall_inflight, task, 0,
+                                              BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!f)
+        return 0;
+    u64 cset = (u64)task->cgroups;
+    u64 generation = roots_generation();
+    if (f->cset != cset || f->verdict >> 1 != generation) {
+        f->cset = cset;
+        f->verdict = generation << 1 | (tracked() ? 1 : 0);
+    }
+    if (f->verdict & 1)
+        note_entry(f, (long)ctx->args[1]);
     return 0;
 }
 

@@ -706,7 +706,7 @@ def bpf_cpu_share(matchers: tuple[str, ...] = (), window: str = "5m",
     """Share of the node's CPUs podsnoop's BPF programs take, per exporter (keys: the
     labels that name one exporter): run seconds per second the kernel's statistics were
     on (sampled windows, --bpf-stats), over the node's CPUs. The window must hold a few
-    sampled windows (60 s apart by default), so not $__rate_interval."""
+    sampled windows (120 s apart by default), so not $__rate_interval."""
     on = ", ".join(keys)
     return (f"sum {by(*keys)} ({rate(sel(q.BPF_PROGRAM_RUN_SECONDS, *matchers), window)})"
             f"\n/ on({on}) sum {by(*keys)} ({rate(sel(q.BPF_STATS_ON_SECONDS, *matchers), window)})"

@@ -10,8 +10,8 @@ statistics node-wide, and otherwise says so once.
 Timing costs about two clock reads per program run while enabled (the kernel's figure is
 the program alone, not the hook it runs on), for EVERY BPF program of the node (a CNI's
 too): on the syscall path that is more than podsnoop's own programs cost. So by default
-(--bpf-stats sampled) they are on only in short windows (StatsSampler: 0.25 s of every
-60 s), and podsnoop_bpf_stats_on_seconds_total says for how long: the programs' run time
+(--bpf-stats sampled) they are on only in short windows (StatsSampler: 0.2 s of every
+120 s), and podsnoop_bpf_stats_on_seconds_total says for how long: the programs' run time
 divided by it is their share of a CPU while sampled, an estimate of the whole. `on` keeps
 them on (exact, at the full cost).
 """

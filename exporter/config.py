@@ -86,8 +86,8 @@ class Config:
     mode: str = "auto"
     tc_attach: str = "auto"
     bpf_stats: str = "sampled"
-    bpf_stats_window: float = 0.25
-    bpf_stats_interval: float = 60.0
+    bpf_stats_window: float = 0.2
+    bpf_stats_interval: float = 120.0
     syscall_latency: bool = True
     pod_info_dir: str = "/etc/podinfo"
     # Web conventions (issue 15).

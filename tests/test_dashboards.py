@@ -362,7 +362,7 @@ def _openmetrics(end: int) -> str:
     counter(names.BPF_PROGRAM_RUNS, [({q.PROGRAM: p}, 1e5)
                                      for p in ("net/ingress", "syscalls/enter")])
     family(q.BPF_STATS_ENABLED, "gauge", [(q.BPF_STATS_ENABLED, {}, 1)])
-    counter(names.BPF_STATS_ON_SECONDS, [({}, 0.25 / 60)])  # the default sampled windows
+    counter(names.BPF_STATS_ON_SECONDS, [({}, 0.2 / 120)])  # the default sampled windows
     family(q.NODE_CPUS, "gauge", [(q.NODE_CPUS, {}, 8)])
     family(q.UP, "gauge", [(q.UP, {}, 1)])
     lines.append("# EOF")

@@ -60,6 +60,31 @@ def test_host_processes_are_not_counted(exporter, pod):
     assert exporter.metrics().value(CALLS, syscall="getsid") == before
 
 
+def test_a_thread_that_moves_into_a_pod_is_counted_from_then_on(exporter, pod):
+    """The verdict "not in a pod" a host thread's record keeps (bpf/syscalls.bpf.c) holds
+    only for its css_set: the same thread, moved into a container's cgroup, counts exactly
+    the calls it makes there, none of those before, and none once it has moved out again."""
+    import subprocess
+    import sys
+    app = pod.containers["app"]
+    script = ("import os, sys\n"
+              "def calls(n):\n"
+              "    for _ in range(n): os.getsid(0)\n"
+              "calls(400)\n"                                      # on the host: not counted
+              "open(sys.argv[1], 'w').write(str(os.getpid()))\n"  # into the container
+              "calls(123)\n"
+              "open(sys.argv[2], 'w').write(str(os.getpid()))\n"  # and back out
+              "calls(500)\n")
+    before = calls(exporter, app, "getsid")
+    home = next(line[3:].strip() for line in open(f"/proc/{os.getpid()}/cgroup")
+                if line.startswith("0::"))
+    from exporter.cgroups import find_cgroup2_mount
+    back = os.path.join(find_cgroup2_mount(), home.lstrip("/"), "cgroup.procs")
+    subprocess.run([sys.executable, "-c", script, str(app.cgroup / "cgroup.procs"), back],
+                   check=True, timeout=60)
+    assert calls(exporter, app, "getsid") - before == 123
+
+
 def test_latency_histogram_counts_each_call(exporter, pod):
     app = pod.containers["app"]
     m0 = exporter.metrics()
