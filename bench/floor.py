@@ -7,7 +7,8 @@ by rep in one run:
 - syscall path: a getppid loop (bench/syscall_loop.c) in a test pod's container (a tracked
   task) and on the host (an untracked task), ns per call, under: nothing attached / the
   floor (empty sys_enter + sys_exit raw tracepoints, bpf/testing/floor.c) / podsnoop
-  (default collectors, --bpf-stats off) / podsnoop with --bpf-stats on (the kernel then
+  (default collectors, --bpf-stats off; also with one call in 16 timed, and counts only) /
+  podsnoop with --bpf-stats on (the kernel then
   times every program run, which is itself a cost). The default, --bpf-stats sampled, is
   on for window/interval of the time: its cost is that share of the measured --bpf-stats
   on cost (too small to measure directly), computed below from the figures measured here
@@ -117,6 +118,10 @@ def main() -> None:
     loop = build_loop()
     configs = {"nothing attached": lambda f: Nothing(), "floor (empty programs)": Floor,
                "podsnoop": lambda f: Podsnoop(f, "--bpf-stats", "off"),
+               "podsnoop --syscall-latency-every 16": lambda f: Podsnoop(
+                   f, "--bpf-stats", "off", "--syscall-latency-every", "16"),
+               "podsnoop --syscall-latency off": lambda f: Podsnoop(
+                   f, "--bpf-stats", "off", "--syscall-latency", "off"),
                "podsnoop --bpf-stats on": lambda f: Podsnoop(f, "--bpf-stats", "on")}
     sys_results = {(c, w): [] for c in configs for w in ("pod", "host")}
     tc_results = {(c, h): [] for c in ("floor", "podsnoop") for h in HOOKS}

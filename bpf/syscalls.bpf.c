@@ -43,11 +43,17 @@ struct latency_key {
 // generation, bit 0 the verdict, so a host thread costs one storage lookup per syscall
 // instead of a cgroup walk; a thread that moves to another cgroup gets another css_set.
 struct inflight {
-    u64 start;
+    u64 start;    // entry time of a timed call (0: this call is not timed)
     s64 nr;
     u64 cset;
     u64 verdict;  // generation << 1 | tracked
+    u32 pending;  // a tracked entry was seen and its exit not yet
+    u32 tick;     // the thread's calls since its last timed one
 };
+
+// Time one call in latency_every of each thread (--syscall-latency-every; 1: every call).
+// Counts stay exact either way; the clock reads are most of a tracked call's cost.
+const volatile u32 latency_every = 1;
 
 // Sizes are set before load (bpf_map__set_max_entries) from the flags.
 struct {
@@ -122,15 +128,19 @@ static __always_inline void count_exit(struct inflight *f, long ret)
     // Only tracked tasks have an entry: finding one is the pod filter here. (A syscall
     // whose entry we did not see, e.g. attached mid-call, or a new thread's return from
     // clone, is not counted: one call, one count.)
-    if (!f || !f->start)
+    if (!f || !f->pending)
         return;
-    u64 delta = bpf_ktime_get_ns() - f->start;
+    f->pending = 0;
     long nr = f->nr;
+    u64 start = f->start;
     f->start = 0;
     if (nr < 0)  // no syscall (cancelled by a tracer before it ran)
         return;
     u64 cgroup_id = bpf_get_current_cgroup_id();
     count_call(cgroup_id, nr, ret);
+    if (!start)  // not a timed one
+        return;
+    u64 delta = bpf_ktime_get_ns() - start;
     struct latency_key lkey = {.cgroup_id = cgroup_id, .slot = log2l(delta)};
     u64 zero_count = 0;
     u64 *count = lookup_or_init(&syscall_latency, &lkey, &zero_count);
@@ -142,10 +152,16 @@ static __always_inline void count_exit(struct inflight *f, long ret)
 
 static __always_inline void note_entry(struct inflight *f, long nr)
 {
-    if (f) {
-        f->nr = nr;
-        f->start = bpf_ktime_get_ns();
+    if (!f)
+        return;
+    f->nr = nr;
+    f->pending = 1;
+    if (latency_every > 1 && ++f->tick < latency_every) {
+        f->start = 0;
+        return;
     }
+    f->tick = 0;
+    f->start = bpf_ktime_get_ns();
 }
 
 // args: (struct pt_regs *regs, long id) and (struct pt_regs *regs, long ret)

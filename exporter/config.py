@@ -89,6 +89,7 @@ class Config:
     bpf_stats_window: float = 0.2
     bpf_stats_interval: float = 120.0
     syscall_latency: bool = True
+    syscall_latency_every: int = 1
     pod_info_dir: str = "/etc/podinfo"
     # Web conventions (issue 15).
     web_config_file: str | None = None
@@ -215,6 +216,11 @@ FLAGS = [
     ("--syscall-latency", "PODSNOOP_SYSCALL_LATENCY", "on", on_off,
      "the syscall latency histogram; off: counts and errors only, without the sys_enter "
      "program (about half the per-syscall cost for every task of the node)", {}),
+    ("--syscall-latency-every", "PODSNOOP_SYSCALL_LATENCY_EVERY",
+     f"{Config.syscall_latency_every}", bounded_int(1, 1 << 16),
+     "time one syscall in N of each thread for the latency histogram (its _count is then "
+     "the timed calls; the call and error counts stay exact): the two clock reads are most "
+     "of a tracked syscall's cost", {}),
     ("--syscall-scope", "PODSNOOP_SYSCALL_SCOPE", "pods", str,
      "pods: count only tasks in kubepods cgroups; all: also host processes (exported with "
      "empty pod labels)", {"choices": ["pods", "all"]}),
@@ -355,6 +361,7 @@ def parse(argv: list[str] | None = None) -> Config:
                   bpf_stats_window=a.bpf_stats_window,
                   bpf_stats_interval=a.bpf_stats_interval,
                   syscall_latency=a.syscall_latency,
+                  syscall_latency_every=a.syscall_latency_every,
                   pod_info_dir=a.pod_info_dir,
                   web_config_file=a.web_config_file, max_requests=a.max_requests,
                   programs=a.programs, program_crds=a.program_crds, explicit=explicit)

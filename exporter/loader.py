@@ -48,7 +48,8 @@ def _syscalls_object(cfg, level):
     programs = {"task": ("sys_enter__task", "sys_exit__task"),
                 "hash": ("sys_enter__hash", "sys_exit__hash"), "counts": ("sys_exit__counts",)}
     return dict(
-        rodata=_pod_filter(level, cfg.syscall_scope == "pods"),
+        rodata=dict(**_pod_filter(level, cfg.syscall_scope == "pods"),
+                    latency_every=cfg.syscall_latency_every),
         max_entries={"syscall_counts": cfg.syscall_map_entries,
                      "syscall_latency": LATENCY_MAX_ENTRIES,
                      "syscall_inflight_hash": INFLIGHT_MAX_ENTRIES},

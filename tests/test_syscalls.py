@@ -204,3 +204,27 @@ def test_counts_only_mode_has_no_entry_program_and_counts_exactly(pods):
         assert programs == {"syscalls/sys_exit"}, programs
     finally:
         assert proc.stop() == 0, proc.output()
+
+
+def test_latency_every_n_times_one_call_in_n_and_counts_all(pods):
+    """--syscall-latency-every 4: each thread times its 4th, 8th, ... tracked call; the
+    counts stay exact. The histogram gains a quarter of the calls the container made, to
+    within each thread's rounding (the exec chain is a few processes, each rounding down
+    its own count, plus an exit_group that enters and never exits), and getsid's count is
+    exact."""
+    pod = pods.create(containers=("app",))
+    proc = run_exporter(pods, "--syscall-latency-every", "4")
+    try:
+        app = pod.containers["app"]
+        m0 = proc.metrics()
+        pod.exec(["python3", "-c", GETSID, "4000"], container="app")
+        m1 = proc.metrics()
+        calls_added = sum(v for lab, v in m1.samples[CALLS] if lab["container_id"] == app.id) \
+            - sum(v for lab, v in m0.samples.get(CALLS, []) if lab["container_id"] == app.id)
+        timed = m1.value(HIST_COUNT, container_id=app.id) - m0.value(HIST_COUNT,
+                                                                     container_id=app.id)
+        assert m1.value(CALLS, container_id=app.id, syscall="getsid") == 4000
+        assert calls_added > 4000, calls_added
+        assert calls_added // 4 - 16 <= timed <= calls_added // 4 + 4, (timed, calls_added)
+    finally:
+        assert proc.stop() == 0, proc.output()
