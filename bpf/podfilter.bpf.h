@@ -23,7 +23,6 @@ const volatile u32 ancestor_helper = 1;
 
 struct kubepods_root_ids {
     u64 ids[MAX_KUBEPODS_ROOTS];
-    u64 generation;  // bumped by userspace at each change (verdicts cached per task redone)
 };
 
 struct {
@@ -53,15 +52,6 @@ static __always_inline int in_kubepods_root(u64 id)
         if (roots->ids[i] == id)
             return 1;
     return 0;
-}
-
-// The roots' generation: a per-task verdict of tracked() (syscalls.bpf.c) holds while the
-// task's css_set and this stay the same.
-static __always_inline u64 roots_generation(void)
-{
-    u32 zero = 0;
-    struct kubepods_root_ids *roots = bpf_map_lookup_elem(&kubepods_roots, &zero);
-    return roots ? roots->generation : 0;
 }
 
 static __always_inline int tracked(void)

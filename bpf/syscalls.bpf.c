@@ -38,15 +38,13 @@ struct latency_key {
     u32 pad;
 };
 
-// The thread's syscall in flight: entry time (0: none tracked) and number. In task storage
-// (__task) also the thread's verdict: tracked() for its css_set (cgroups) under a roots
-// generation, bit 0 the verdict, so a host thread costs one storage lookup per syscall
-// instead of a cgroup walk; a thread that moves to another cgroup gets another css_set.
+// The thread's syscall in flight: whether a tracked entry was seen, its number, and its
+// entry time if it is timed. (Caching tracked()'s verdict here per thread, keyed by its
+// css_set, was measured: no gain for a host thread, whose two programs then each paid a
+// task-storage lookup instead of the entry's cgroup walk; bench/floor.py A/B, 2026-12-03.)
 struct inflight {
     u64 start;    // entry time of a timed call (0: this call is not timed)
     s64 nr;
-    u64 cset;
-    u64 verdict;  // generation << 1 | tracked
     u32 pending;  // a tracked entry was seen and its exit not yet
     u32 tick;     // the thread's calls since its last timed one
 };
@@ -168,19 +166,11 @@ static __always_inline void note_entry(struct inflight *f, long nr)
 SEC("raw_tp/sys_enter")
 int sys_enter__task(struct bpf_raw_tracepoint_args *ctx)
 {
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct inflight *f = bpf_task_storage_get(&syscall_inflight, task, 0,
-                                              BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (!f)
+    if (!tracked())
         return 0;
-    u64 cset = (u64)task->cgroups;
-    u64 generation = roots_generation();
-    if (f->cset != cset || f->verdict >> 1 != generation) {
-        f->cset = cset;
-        f->verdict = generation << 1 | (tracked() ? 1 : 0);
-    }
-    if (f->verdict & 1)
-        note_entry(f, (long)ctx->args[1]);
+    struct task_struct *task = bpf_get_current_task_btf();
+    note_entry(bpf_task_storage_get(&syscall_inflight, task, 0,
+                                    BPF_LOCAL_STORAGE_GET_F_CREATE), (long)ctx->args[1]);
     return 0;
 }
 

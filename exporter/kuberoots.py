@@ -77,8 +77,6 @@ class RootSync:
         if current != new:
             leaf = self.table.Leaf()
             leaf.ids[:] = new
-            if hasattr(leaf, "generation"):  # the precompiled programs' (podfilter.bpf.h)
-                leaf.generation = self.table[zero].generation + 1
             self.table[zero] = leaf
         return len(wanted)
 
