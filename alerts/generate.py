@@ -30,6 +30,7 @@ from dashboards.generate import (  # noqa: E402
     SYSCALL_ERROR_RATIO_THRESHOLD, SYSCALL_P99_THRESHOLD_SECONDS,
     TCP_CONNECT_FAILURE_RATIO_THRESHOLD, TCP_CONNECT_P99_THRESHOLD_SECONDS, bpf_cpu_share, bpf_map_fill_ratio,
     drop_ratio, syscall_error_ratio, syscall_p99, tcp_connect_failure_ratio, tcp_connect_p99,
+    DNS_FAILURE_RATIO_THRESHOLD, DNS_P99_THRESHOLD_SECONDS, dns_failure_ratio, dns_p99,
 )
 from dashboards.promql import (  # noqa: E402
     COLLECTOR, CONTAINER, CONTAINER_ID, DIRECTION, INSTANCE, INTERFACE, JOB, JOB_NAME, MAP,
@@ -47,6 +48,7 @@ WINDOW = "5m"
 MIN_DROPS_PER_SECOND = 1
 MIN_SYSCALLS_PER_SECOND = 1
 MIN_CONNECT_FAILURES_PER_SECOND = 0.1
+MIN_DNS_REQUESTS_PER_SECOND = 0.1
 WATCH_RESTARTS_WINDOW = "15m"
 WATCH_RESTARTS_MAX = 3
 
@@ -151,6 +153,32 @@ def pod_rules() -> list[dict]:
         f"connection of pod {POD_REF} was above {TCP_CONNECT_P99_THRESHOLD_SECONDS:g}s. "
         f"Values of 1 s and more mean SYNs or SYN-ACKs are lost and retransmitted (the "
         f"kernel's initial SYN timeout is 1 s). " + DASHBOARD_HINT.format("Pod network")))
+
+    requests = sum_by(POD_KEYS, rate(sel(q.DNS_REQUESTS), WINDOW))
+    failed = "|".join(q.DNS_FAILURE_RCODES)
+    rules.append(alert(
+        "PodsnoopDnsFailuresHigh",
+        with_workload(f"(\n{dns_failure_ratio((), WINDOW)}\n) > {DNS_FAILURE_RATIO_THRESHOLD}\n"
+                      f"and on ({', '.join(POD_KEYS)})\n{requests} > "
+                      f"{MIN_DNS_REQUESTS_PER_SECOND}"),
+        "10m", "warning",
+        f"{{{{ $value | humanizePercentage }}}} of the DNS requests of pod {POD_REF} fail",
+        f"For 10 minutes more than {_pct(DNS_FAILURE_RATIO_THRESHOLD)} of the DNS requests "
+        f"of pod {POD_REF} got SERVFAIL or REFUSED or no answer in time "
+        f"({q.DNS_REQUESTS}{{{q.RCODE}=~\"{failed}\"}}, at least "
+        f"{MIN_DNS_REQUESTS_PER_SECOND:g} requests per second): its resolver (CoreDNS, a "
+        f"node-local cache, an upstream) is failing it. NXDOMAIN is an answer, not counted "
+        f"here. " + DASHBOARD_HINT.format("Pod network")))
+
+    rules.append(alert(
+        "PodsnoopDnsLatencyHigh",
+        with_workload(f"{dns_p99((), WINDOW)}\n> {DNS_P99_THRESHOLD_SECONDS:g}"),
+        "15m", "info",
+        f"p99 DNS latency of pod {POD_REF} is {{{{ $value | humanizeDuration }}}}",
+        f"For 15 minutes the 99th percentile of the time from a DNS query of pod {POD_REF} "
+        f"to its answer was above {DNS_P99_THRESHOLD_SECONDS:g}s. Values around 1 s and "
+        f"more usually mean lost queries that the client resent, or a slow upstream. "
+        + DASHBOARD_HINT.format("Pod network")))
     return rules
 
 
@@ -448,6 +476,39 @@ def unit_tests() -> dict:
                                                    "+Inf": 100}),
                        "25m", [
         _fires("PodsnoopTcpConnectLatencyHigh", {NAMESPACE: "shop", POD: "api-1"}, "1.75s"),
+    ]))
+
+    # DNS failures: api-1 has 1/s SERVFAIL and 0.5/s timeouts of 3/s requests (50%); web-1
+    # 0.2/s REFUSED of 10/s (2%, under the ratio; its 5/s NXDOMAIN are answers); cron-1
+    # 0.05/s SERVFAIL and nothing else (100%, but under the minimum rate); dead-1 only
+    # timeouts, 0.5/s (100%).
+    def dns(pod: str, per_min: dict[str, int]) -> list[dict]:
+        return [_series(q.DNS_REQUESTS, _pod("shop", pod, **{
+            CONTAINER: "app", CONTAINER_ID: f"cid-{pod}", q.QTYPE: "A", q.RCODE: rcode}),
+            f"0+{n}x40") for rcode, n in per_min.items()]
+
+    cases.append(_case("PodsnoopDnsFailuresHigh",
+                       dns("api-1", {"NOERROR": 90, "SERVFAIL": 60, "timeout": 30})
+                       + dns("web-1", {"NOERROR": 288, "NXDOMAIN": 300, "REFUSED": 12})
+                       + dns("cron-1", {"SERVFAIL": 3}) + dns("dead-1", {"timeout": 30}),
+                       "20m", [
+        _fires("PodsnoopDnsFailuresHigh", {NAMESPACE: "shop", POD: "api-1"}, "50%"),
+        _fires("PodsnoopDnsFailuresHigh", {NAMESPACE: "shop", POD: "dead-1"}, "100%"),
+    ]))
+
+    # DNS latency: api-1 has 2 of 100 answers a second in (1, 2.5] s (resent queries), so
+    # p99 = 1 + 1.5 * (99 - 98) / 2 = 1.75 s; web-1 all under 10 ms.
+    def dns_buckets(pod: str, per_second: dict[str, int]) -> list[dict]:
+        return [_series(q.DNS_DURATION_BUCKET, _pod("shop", pod, **{
+            CONTAINER: "app", CONTAINER_ID: f"cid-{pod}", "le": le}), f"0+{n * 60}x40")
+            for le, n in per_second.items()]
+
+    cases.append(_case("PodsnoopDnsLatencyHigh",
+                       dns_buckets("api-1", {"0.01": 98, "1.0": 98, "2.5": 100, "+Inf": 100})
+                       + dns_buckets("web-1", {"0.01": 100, "1.0": 100, "2.5": 100,
+                                               "+Inf": 100}),
+                       "25m", [
+        _fires("PodsnoopDnsLatencyHigh", {NAMESPACE: "shop", POD: "api-1"}, "1.75s"),
     ]))
 
     # Exporter down: node-a fails from minute 3; node-b stays up; another job's target is

@@ -6,7 +6,7 @@
 //      pod's: remember (start time, cgroup id) under the socket's address. Only tasks in
 //      pods (podfilter.bpf.h).
 //   SYN_SENT -> ESTABLISHED: (softirq, on the SYN-ACK) one connect-latency observation for
-//      the remembered cgroup: a count and the exact sum in the bucket connect_bucket(ns).
+//      the remembered cgroup: a count and the exact sum in its bucket (buckets.bpf.h).
 //   SYN_SENT -> CLOSE: the connect failed (refused, timed out, reset, or abandoned by the
 //      application): one failure for the remembered cgroup.
 // tcp_retransmit_skb (args: sk, skb[, err]) fires in softirq/timer context, where the
@@ -29,6 +29,7 @@
 // CONNECT_BUCKETS), comes from the build (exporter/bpfconsts.py).
 #include "podfilter.bpf.h"
 #include "sockcgroup.bpf.h"
+#include "buckets.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -45,17 +46,6 @@ const volatile u32 retransmit_has_err = 0;
 struct connect_start {
     u64 start_ns;
     u64 cgroup_id;
-};
-
-struct bucket_key {
-    u64 cgroup_id;
-    u32 bucket;  // index into the bounds; the last one is +Inf
-    u32 pad;
-};
-
-struct bucket_value {
-    u64 count;
-    u64 sum_ns;
 };
 
 struct cgroup_key {
@@ -104,16 +94,6 @@ struct {
 static const u64 connect_bounds_ns[] = {CONNECT_BOUNDS_NS};
 #define CONNECT_BOUNDS (sizeof(connect_bounds_ns) / sizeof(connect_bounds_ns[0]))
 
-// Index of the first bound >= ns; CONNECT_BOUNDS (+Inf) past the last.
-static __always_inline u32 connect_bucket(u64 ns)
-{
-#pragma unroll
-    for (u32 i = 0; i < CONNECT_BOUNDS; i++)
-        if (ns <= connect_bounds_ns[i])
-            return i;
-    return CONNECT_BOUNDS;
-}
-
 #define count_failure(slot) count_in_slot(&tcp_update_failures, (slot))
 
 
@@ -143,15 +123,9 @@ int inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     if (newstate == TCP_ESTABLISHED) {
         u64 ns = bpf_ktime_get_ns() - start->start_ns;
-        struct bucket_key key = {.cgroup_id = start->cgroup_id, .bucket = connect_bucket(ns)};
-        struct bucket_value zero = {};
-        struct bucket_value *v = lookup_or_init(&tcp_connect_latency, &key, &zero);
-        if (v) {
-            __sync_fetch_and_add(&v->count, 1);
-            __sync_fetch_and_add(&v->sum_ns, ns);
-        } else {
+        if (!observe(&tcp_connect_latency, start->cgroup_id,
+                     bucket_of(connect_bounds_ns, CONNECT_BOUNDS, ns), ns))
             count_failure(0);
-        }
     } else if (newstate == TCP_CLOSE) {
         struct cgroup_key key = {.cgroup_id = start->cgroup_id};
         u64 zero = 0;

@@ -460,6 +460,30 @@ def network_dashboard() -> dict:
         timeseries("TCP retransmits by pod", "Segments the kernel retransmitted per second "
                    "for each pod's sockets (connected and accepted).",
                    [target(per_pod(q.TCP_RETRANSMITS), POD_LEGEND)], "ops"),
+        row("DNS"),
+        timeseries("DNS requests by rcode",
+                   "DNS requests per second of the selected pods' containers (UDP and TCP to "
+                   "port 53, counted in the kernel), by response code; timeout: no answer "
+                   "within --dns-timeout.",
+                   [target(sum_by((q.RCODE,), rate(sel(q.DNS_REQUESTS, *f), RATE)),
+                           "{{rcode}}")], "reqps", stack=True),
+        timeseries("DNS latency p99 by pod",
+                   "99th percentile of the time from a pod's DNS query to its response "
+                   "(answered queries). The alert PodsnoopDnsLatencyHigh uses the same "
+                   "expression over 5m.",
+                   [target(dns_p99(f, RATE), POD_LEGEND)], "s",
+                   thresholds=[(None, "green"), (DNS_P99_THRESHOLD_SECONDS, "red")]),
+        timeseries("DNS failure ratio by pod",
+                   "SERVFAIL, REFUSED and timed-out requests / all DNS requests of each pod. "
+                   "The alert PodsnoopDnsFailuresHigh uses the same expression over 5m.",
+                   [target(dns_failure_ratio(f, RATE), POD_LEGEND)], "percentunit",
+                   max_=1, thresholds=[(None, "green"), (DNS_FAILURE_RATIO_THRESHOLD, "red")]),
+        timeseries("DNS NXDOMAIN ratio by pod",
+                   "NXDOMAIN answers / all DNS requests of each pod. A high share is normal "
+                   "for external names under Kubernetes' search list (ndots:5: each "
+                   "cluster suffix is tried first); a change is what to look at.",
+                   [target(dns_rcode_ratio(("NXDOMAIN",), f, RATE), POD_LEGEND)],
+                   "percentunit", max_=1),
         row("Traffic by container"),
         timeseries("Receive bandwidth by container",
                    "IP bytes per second received by each container's sockets (with "
@@ -661,6 +685,8 @@ BPF_MAP_FILL_THRESHOLD = 0.9
 BPF_CPU_SHARE_THRESHOLD = 0.02  # of the node's CPUs, spent in podsnoop's BPF programs
 TCP_CONNECT_FAILURE_RATIO_THRESHOLD = 0.2
 TCP_CONNECT_P99_THRESHOLD_SECONDS = 0.5
+DNS_FAILURE_RATIO_THRESHOLD = 0.1   # SERVFAIL, REFUSED and timeouts of all requests
+DNS_P99_THRESHOLD_SECONDS = 0.5
 
 
 def drop_ratio(direction: str, matchers: tuple[str, ...], window: str,
@@ -699,6 +725,29 @@ def tcp_connect_p99(matchers: tuple[str, ...], window: str,
                     keys: tuple[str, ...] = POD_KEYS) -> str:
     return (f"histogram_quantile(0.99, "
             f"{sum_by(keys + ('le',), rate(sel(q.TCP_CONNECT_DURATION_BUCKET, *matchers), window))})")
+
+
+def dns_rcode_ratio(rcodes: tuple[str, ...], matchers: tuple[str, ...], window: str,
+                    keys: tuple[str, ...] = POD_KEYS) -> str:
+    """Requests answered with (or ending in) one of `rcodes` / all DNS requests, per pod;
+    0 (not absent) for a pod with requests but none of those."""
+    some = sum_by(keys, rate(sel(q.DNS_REQUESTS, q.re(q.RCODE, "|".join(rcodes)), *matchers),
+                             window))
+    every = sum_by(keys, rate(sel(q.DNS_REQUESTS, *matchers), window))
+    return f"({some} or {every} * 0)\n/\n{every}"
+
+
+def dns_failure_ratio(matchers: tuple[str, ...], window: str,
+                      keys: tuple[str, ...] = POD_KEYS) -> str:
+    """SERVFAIL, REFUSED and timeouts / all DNS requests: the resolver failed the pod.
+    NXDOMAIN is an answer (and, with Kubernetes' ndots:5 search list, most of a pod's
+    lookups of external names), so it is not a failure here."""
+    return dns_rcode_ratio(q.DNS_FAILURE_RCODES, matchers, window, keys)
+
+
+def dns_p99(matchers: tuple[str, ...], window: str, keys: tuple[str, ...] = POD_KEYS) -> str:
+    return (f"histogram_quantile(0.99, "
+            f"{sum_by(keys + ('le',), rate(sel(q.DNS_DURATION_BUCKET, *matchers), window))})")
 
 
 def bpf_cpu_share(matchers: tuple[str, ...] = (), window: str = "5m",

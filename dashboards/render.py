@@ -112,15 +112,28 @@ while True:
 # failure, and the host drops the SYN as NO_SOCKET, a transmit drop of the pod). Few
 # packets, so cache-0's UDP echo of 50 packets/s stays within the rate test's tolerance, and
 # few failures: the connect failure ratio stays under PodsnoopTcpConnectFailuresHigh's.
-PROBE_TICK, CONNECT_EVERY, FAIL_EVERY = 0.2, 10, 50
+# Every DNS_EVERY ticks a DNS query (UDP) to DNS_HOST on the pod's host side, every
+# NXDOMAIN_EVERY-th of them for a name it answers NXDOMAIN (the DNS panels).
+PROBE_TICK, CONNECT_EVERY, FAIL_EVERY, DNS_EVERY, NXDOMAIN_EVERY = 0.2, 10, 50, 10, 4
 EXECS_PER_SECOND = 1 / PROBE_TICK
 CONNECTS_PER_SECOND = 2 / (CONNECT_EVERY * PROBE_TICK)        # established
 CONNECT_FAILURES_PER_SECOND = 1 / (FAIL_EVERY * PROBE_TICK)
 PROBES = f"""\
-import os, socket, sys, time
+import os, socket, struct, sys, time
 connects = len(sys.argv) == 5
 if connects:
     host, ok, lossy, closed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.settimeout(1)
+
+def lookup(n, name):
+    labels = b''.join(bytes([len(x)]) + x for x in name.split(b'.')) + b'\\0'
+    try:
+        dns.sendto(struct.pack('!6H', n & 0xffff, 0x0100, 1, 0, 0, 0) + labels
+                   + struct.pack('!2H', 1, 1), (host, 53))
+        dns.recv(512)
+    except OSError:
+        pass
 
 def connect(port, data=b''):
     try:
@@ -141,6 +154,9 @@ while True:
         connect(lossy, b'r' * 100)
     if connects and n % {FAIL_EVERY} == {FAIL_EVERY // 2}:
         connect(closed)
+    if connects and n % {DNS_EVERY} == {DNS_EVERY // 2}:
+        missing = n // {DNS_EVERY} % {NXDOMAIN_EVERY} == 0
+        lookup(n, b'missing.demo' if missing else b'www.demo')
     n += 1
     t += {PROBE_TICK}
     time.sleep(max(0.0, t - time.monotonic()))
@@ -167,6 +183,23 @@ while True:
         u.sendto(b'd', (ip, 9))
     t += {RECEIVE_DROP_PERIOD}
     time.sleep(max(0.0, t - time.monotonic()))
+"""
+# On the host: a DNS responder on port 53 of each pod's host-side address (not 0.0.0.0, where
+# a resolver of the machine may listen): NOERROR, or NXDOMAIN for names with "missing".
+DNS_HOST = """\
+import socket, sys, threading
+def serve(ip):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind((ip, 53))
+    while True:
+        q, peer = u.recvfrom(512)
+        if len(q) >= 12:
+            rcode = 3 if b'missing' in q else 0
+            u.sendto(q[:2] + bytes([0x81, 0x80 | rcode]) + q[4:6] + bytes(6) + q[12:], peer)
+for ip in sys.argv[1:]:
+    threading.Thread(target=serve, args=(ip,), daemon=True).start()
+print('ready', flush=True)
+threading.Event().wait()
 """
 LOSS_PCT = 50         # of the data segments pods send to PROBE_HOST's lossy listener
 IMPAIR_PRIO, IMPAIR_HANDLE = 1, 0x1A1   # in front of podsnoop's TC filter (priority 50000)
@@ -227,6 +260,7 @@ class DemoStack:
                 pod.run(["python3", "-c", SYSCALL_LOOP, str(ok), str(bad)], container=cname)
                 pod.run(self._traffic(pod, traffic), container=cname)
         ports = self._probe_host()
+        self._dns_host()
         for pod in self.pods.values():
             for i, cname in enumerate(pod.containers):
                 pod.run(["python3", "-c", PROBES, *((pod.host_ip, *ports) if i == 0 else ())],
@@ -237,7 +271,10 @@ class DemoStack:
             "--interfaces", rf"{self.factory.tag}h\d+",
             # only this stack's pods (not other test runs' kubepods trees on this machine)
             "--kubepods-root", str(self.factory.kubepods),
-            "--container-network", "on", *self.exporter_args)
+            "--container-network", "on",
+            # the kernel's run-time statistics sampled every 10 s, not every 120 s: this
+            # stack lives minutes, and the CPU panels divide by the sampled on-time
+            "--bpf-stats-interval", "10", *self.exporter_args)
         s.callback(self._stop_exporter)
         self.exporter.start(wait_ready=0)
         impair = self._impair_program(int(ports[1]))   # compiles while the exporter does
@@ -256,6 +293,15 @@ class DemoStack:
         if len(ports) != 3:
             raise RuntimeError(f"the host side of the probes did not start (exit {host.poll()})")
         return ports
+
+    def _dns_host(self) -> None:
+        """Start DNS_HOST on every pod's host-side address."""
+        dns = subprocess.Popen([sys.executable, "-c", DNS_HOST,
+                                *(p.host_ip for p in self.pods.values())],
+                               stdout=subprocess.PIPE, text=True)
+        self.sinks.append(dns)
+        if dns.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the host-side DNS responder did not start (exit {dns.poll()})")
 
     def _impair_program(self, port: int):
         """bpf/testing/impair.c (this kernel has no netem), set to drop LOSS_PCT % of the data
@@ -379,7 +425,8 @@ class DemoStack:
                 ("namespace", "pod", "container"), self.containers),
                 timeout=timeout, what=f"{metric} of every container")
         for metric in ("podsnoop_tcp_connect_duration_seconds_count",
-                       "podsnoop_tcp_connect_failures_total", "podsnoop_tcp_retransmits_total"):
+                       "podsnoop_tcp_connect_failures_total", "podsnoop_tcp_retransmits_total",
+                       "podsnoop_dns_request_duration_seconds_count"):
             prom.wait_for(lambda m=metric: have(
                 f'sum by (namespace, pod) (rate({m}{{namespace=~"{ns}"}}[1m])) > 0',
                 ("namespace", "pod"), pods), timeout=timeout, what=f"{metric} of every pod")

@@ -256,7 +256,9 @@ class Demo:
         self.exporter = exporter = ExporterProcess(
             "--kube", "auto", "--kubeconfig", str(api.kubeconfig_path), "--node-name", NODE,
             "--pod-labels", "app", "--interfaces", rf"{factory.tag}h\d+",
-            "--kubepods-root", str(factory.kubepods))
+            "--kubepods-root", str(factory.kubepods),
+            # statistics sampled every 10 s (default 120 s): the CPU panels fill at once
+            "--bpf-stats-interval", "10")
         exporter.port, exporter.url = port, f"http://127.0.0.1:{port}"
         exporter.args[1] = f"127.0.0.1:{port}"
         s.callback(self._stop_exporter)

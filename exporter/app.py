@@ -19,6 +19,8 @@ from .cgroups import CgroupError, CgroupResolver, find_cgroup2_mount
 from .bpffd import possible_cpus
 from .collectors.container_net import ContainerNetworkCollector
 from .collectors.container_net import load_programs as load_container_net_programs
+from .collectors.dns import DnsCollector
+from .collectors.dns import load_programs as load_dns_programs
 from .collectors.drops import DropCollector, OwnNetns, PodInterfaces
 from .collectors.drops import load_programs as load_drop_programs
 from .collectors.exec import ExecCollector, ExecLog, ExecLogEndpoint
@@ -182,7 +184,7 @@ def make_resolver(cfg: Config) -> CgroupResolver:
 
 # Collector -> the Config field of the flag that turns it off (None: no flag).
 COLLECTOR_FLAGS = {"network": None, "syscalls": "syscalls", "exec": "exec", "tcp": "tcp",
-                   "container_network": "container_network", "drops": "drops",
+                   "container_network": "container_network", "dns": "dns", "drops": "drops",
                    "resize": "resize"}
 
 
@@ -325,6 +327,16 @@ async def run(cfg: Config) -> int:
             syncs.append(cnet_links)
             collectors["container_network"] = ContainerNetworkCollector(
                 cnet_bpf, resolver, labeler, cfg.grace_seconds)
+        loaded = cfg.dns and load_collector(cfg, status, "dns",
+                                            lambda: load_dns_programs(cfg, scope))
+        if loaded:
+            dns_bpf, dns_links = loaded
+            programs.update(bpfload.program_fds(dns_bpf, "dns"))
+            cleanups.append(dns_bpf.cleanup)
+            cleanups.append(dns_links.close)  # links closed before the programs go
+            syncs.append(dns_links)
+            collectors["dns"] = DnsCollector(dns_bpf, resolver, labeler, cfg.grace_seconds,
+                                             cfg.dns_timeout, domains=cfg.dns_domains)
         # a sidecar's drops: its own namespace only
         drops_bpf = cfg.drops and load_collector(cfg, status, "drops",
                                                  lambda: load_drop_programs(cfg)) or None

@@ -77,6 +77,10 @@ class Config:
     drop_map_entries: int = 16384
     container_network: bool = False
     container_net_map_entries: int = 16384
+    dns: bool = True
+    dns_timeout: float = 5.0
+    dns_map_entries: int = 16384
+    dns_domains: int = 0
     net_buckets: int = 256
     # Resize on exec (issue 8).
     resize: str = "off"
@@ -153,6 +157,13 @@ def seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
     if not 0 <= n <= 86400:
         raise argparse.ArgumentTypeError(f"{n} is outside 0..86400 seconds")
+    return n
+
+
+def positive_seconds(value: str) -> float:
+    n = seconds(value)
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{n:g} must be more than 0 seconds")
     return n
 
 
@@ -261,6 +272,19 @@ FLAGS = [
     ("--container-net-map-entries", "PODSNOOP_CONTAINER_NET_MAP_ENTRIES", "16384",
      bounded_int(64, 1 << 22),
      "capacity of the per-container network map (two entries per container cgroup)", {}),
+    ("--dns", "PODSNOOP_DNS", "on", on_off,
+     "per-container DNS requests by query type and response code, and their latency "
+     "(cgroup_skb programs on the kubepods roots; off: not loaded)", {}),
+    ("--dns-timeout", "PODSNOOP_DNS_TIMEOUT", f"{Config.dns_timeout:g}", positive_seconds,
+     "seconds after which an unanswered DNS query counts as rcode=\"timeout\" (once; a "
+     "later answer is not counted again)", {}),
+    ("--dns-map-entries", "PODSNOOP_DNS_MAP_ENTRIES", f"{Config.dns_map_entries}",
+     bounded_int(64, 1 << 22),
+     "capacity of each DNS map: queries in flight, request counters (one entry per "
+     "container, query type and response code), latency buckets", {}),
+    ("--dns-domains", "PODSNOOP_DNS_DOMAINS", "0", bounded_int(0, 100),
+     "DNS queries by name: the N names each container asks for most, the rest "
+     "domain=\"other\" (0: off, nothing counted by name)", {}),
     # Resize on exec (issue 8).
     ("--resize", "PODSNOOP_RESIZE", "off", str.lower,
      "resize annotated pods' containers in place when a named command starts "
@@ -355,6 +379,8 @@ def parse(argv: list[str] | None = None) -> Config:
                   drop_map_entries=a.drop_map_entries,
                   container_network=a.container_network,
                   container_net_map_entries=a.container_net_map_entries,
+                  dns=a.dns, dns_timeout=a.dns_timeout, dns_map_entries=a.dns_map_entries,
+                  dns_domains=a.dns_domains,
                   resize=a.resize, resize_hold_seconds=a.resize_hold_seconds,
                   resize_min_interval=a.resize_min_interval, mode=a.mode,
                   tc_attach=a.tc_attach, bpf_stats=a.bpf_stats,

@@ -79,6 +79,14 @@ def _cgroup_net_object(cfg, level):
     return dict(max_entries={"container_net": cfg.container_net_map_entries})
 
 
+def _dns_object(cfg, level):
+    n = cfg.dns_map_entries
+    return dict(rodata={"timeout_ns": round(cfg.dns_timeout * 1e9),
+                        "count_domains": int(cfg.dns_domains > 0)},
+                max_entries={"dns_inflight": n, "dns_requests": n, "dns_latency": n,
+                             "dns_domains": n if cfg.dns_domains else 1})
+
+
 def _tcp_object(cfg, level):
     from .collectors.tcp import COUNTER_ENTRIES_PER_MAP
     # the tracepoint's err argument (6.18 has it): a program reading it cannot attach where
@@ -122,7 +130,7 @@ def _resize_object(cfg, level):
 
 
 OBJECTS = {"net": _net_object, "syscalls": _syscalls_object, "exec": _exec_object,
-           "tcp": _tcp_object, "cgroup_net": _cgroup_net_object, "drops": _drops_object,
+           "tcp": _tcp_object, "cgroup_net": _cgroup_net_object, "dns": _dns_object, "drops": _drops_object,
            "resize": _resize_object}
 
 

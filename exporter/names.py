@@ -62,6 +62,19 @@ CONTAINER_NET_RECEIVE_PACKETS = "podsnoop_container_network_receive_packets"
 CONTAINER_NET_TRANSMIT_PACKETS = "podsnoop_container_network_transmit_packets"
 CONTAINER_NET_LABELS = CONTAINER_LABELS
 
+# DNS per container (cgroup_skb programs: the queries of the container's sockets and their
+# responses). qtype: the query type's name (A, AAAA, ...; "other" beyond a fixed set), rcode:
+# the response code's name (NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...; 11-15 as numbers) or
+# "timeout" (bpfconsts.DNS_QTYPES, DNS_RCODES).
+DNS_REQUESTS = "podsnoop_dns_requests"                            # _total added by the client
+DNS_REQUEST_DURATION = "podsnoop_dns_request_duration_seconds"    # query -> response
+DNS_REQUEST_LABELS = CONTAINER_LABELS + ("qtype", "rcode")
+DNS_DURATION_LABELS = CONTAINER_LABELS
+DNS_TIMEOUT = "timeout"
+# --dns-domains N: queries by name, the top N per container and "other".
+DNS_DOMAIN_QUERIES = "podsnoop_dns_domain_queries"                # _total added by the client
+DNS_DOMAIN_LABELS = CONTAINER_LABELS + ("domain",)
+
 # Pod metadata to join on (kube-state-metrics' kube_pod_labels pattern).
 POD_INFO = "podsnoop_pod_info"
 # workload_kind, workload: the pod's controller (Deployment, StatefulSet, DaemonSet,

@@ -10,6 +10,8 @@ if [ "$(id -u)" != 0 ]; then say "must run as root (eBPF, netns, cgroups)"; exit
 
 apt_pkgs=(python3-bpfcc bpfcc-tools linux-headers-cloud-amd64 iproute2 iputils-ping iperf3
           prometheus python3-venv procps
+          # tests/test_dns.py: the DNS server and client in the test pods (Debian's python3)
+          python3-dnslib
           # the image (./dev image, tests/test_image.py): build with buildah, run with runc,
           # a local debian:12-slim made with mmdebstrap (gpgv checks the mirror's release)
           buildah podman runc mmdebstrap gpgv uidmap

@@ -338,6 +338,24 @@ def _openmetrics(end: int) -> str:
                         (names.CONTAINER_NET_RECEIVE_PACKETS, 9),
                         (names.CONTAINER_NET_TRANSMIT_PACKETS, 6)):
         counter(base, [(ctr(*c), scale) for c in containers])
+    counter(names.DNS_REQUESTS, [(ctr(*c, **{q.QTYPE: "A", q.RCODE: rcode}), r)
+                                 for c in containers for rcode, r in (
+                                     ("NOERROR", 5), ("NXDOMAIN", 2), ("SERVFAIL", 0.5),
+                                     ("timeout", 0.1))])
+    dns_hist = []
+    for c in containers:
+        cumulative = 0
+        for le in ("0.001", "0.01", "0.1", "1.0"):
+            cumulative += 2
+            dns_hist.append((names.DNS_REQUEST_DURATION + "_bucket", ctr(*c, le=le),
+                             (lambda i, n=cumulative: n * STEP * i)))
+        for suffix in ("_bucket", "_count"):
+            extra = {"le": "+Inf"} if suffix == "_bucket" else {}
+            dns_hist.append((names.DNS_REQUEST_DURATION + suffix, ctr(*c, **extra),
+                             (lambda i, n=cumulative: n * STEP * i)))
+        dns_hist.append((names.DNS_REQUEST_DURATION + "_sum", ctr(*c),
+                         (lambda i: 0.05 * STEP * i)))
+    family(names.DNS_REQUEST_DURATION, "histogram", dns_hist)
 
     family(q.POD_INFO, "gauge", [(q.POD_INFO, pod(ns, p, node="node-a", **{
         q.WORKLOAD_KIND: "Deployment", q.WORKLOAD: p.rsplit("-", 1)[0]}), 1)

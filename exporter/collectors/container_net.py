@@ -29,7 +29,7 @@ import time
 from prometheus_client.core import CounterMetricFamily
 
 from .. import loader, names
-from ..errors import PodsnoopError
+from ..errors import CollectorUnavailable
 from .cgroupdeltas import CgroupDeltas, container_labels, map_families, percpu_slot
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,11 @@ class CgroupLinks:
     links of a root that is gone are closed. The kernel detaches a link when its last fd
     closes, so nothing outlives the exporter."""
 
-    def __init__(self, bpf, resolver):
+    def __init__(self, bpf, resolver, programs=PROGRAMS,
+                 what: str = "container network programs"):
         self.resolver = resolver
-        self.fns = [(bpf.load_func(name, bpf.CGROUP_SKB).fd, kind) for name, kind in PROGRAMS]
+        self.what = what  # for the log
+        self.fns = [(bpf.load_func(name, bpf.CGROUP_SKB).fd, kind) for name, kind in programs]
         self.lib = _libbpf()
         self.links: dict[str, list[int]] = {}  # root path -> link fds
         self._failed: set[str] = set()
@@ -91,12 +93,11 @@ class CgroupLinks:
             try:
                 self.links[path] = self._link(path)
                 self._failed.discard(path)
-                log.info("container network programs linked to %s", path)
+                log.info("%s linked to %s", self.what, path)
             except OSError as e:
                 if os.path.isdir(path) and path not in self._failed:  # retried each sync
                     self._failed.add(path)
-                    log.error("linking the container network programs to %s failed: %s",
-                              path, e.strerror)
+                    log.error("linking the %s to %s failed: %s", self.what, path, e.strerror)
         for path in set(self.links) - wanted:
             self._close(path)
         return len(self.links)
@@ -113,22 +114,27 @@ class CgroupLinks:
 def load_programs(cfg, resolver):
     """Load the cgroup_skb programs and link them to the kubepods roots."""
     bpf = loader.load("cgroup_net", cfg, resolver)  # given: loader._cgroup_net_object
-    links = CgroupLinks(bpf, resolver)
-    roots = list(resolver.kubepods_roots)
+    return bpf, link_to_roots(CgroupLinks(bpf, resolver), bpf, "--container-network off")
+
+
+def link_to_roots(links: CgroupLinks, bpf, off_flag: str) -> CgroupLinks:
+    """Link the programs to every kubepods root now; a kernel that refuses turns only that
+    collector off (CollectorUnavailable), with nothing left loaded or linked."""
+    roots = list(links.resolver.kubepods_roots)
     for root in roots:
         try:
             links.links[root] = links._link(root)
         except OSError as e:
             links.close()
             bpf.cleanup()
-            raise PodsnoopError(f"cannot attach the container network programs to {root}: "
-                                f"{e.strerror}",
-                                "this needs a kernel with BPF links for cgroups (5.7+) and "
-                                "CAP_BPF + CAP_NET_ADMIN, or run with --container-network "
-                                "off") from None
+            raise CollectorUnavailable(f"cannot attach the {links.what} to {root}: "
+                                       f"{e.strerror}",
+                                       "this needs a kernel with BPF links for cgroups (5.7+) "
+                                       f"and CAP_BPF + CAP_NET_ADMIN, or run with {off_flag}",
+                                       reason="attach failed") from None
     if roots:
-        log.info("container network programs linked to %s", ", ".join(roots))
-    return bpf, links
+        log.info("%s linked to %s", links.what, ", ".join(roots))
+    return links
 
 
 class ContainerTotals:
