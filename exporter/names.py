@@ -71,6 +71,7 @@ DNS_REQUEST_DURATION = "podsnoop_dns_request_duration_seconds"    # query -> res
 DNS_REQUEST_LABELS = CONTAINER_LABELS + ("qtype", "rcode")
 DNS_DURATION_LABELS = CONTAINER_LABELS
 DNS_TIMEOUT = "timeout"
+DNS_FAILURE_RCODES = ("SERVFAIL", "REFUSED", DNS_TIMEOUT)  # a failed request (alert, top)
 # --dns-domains N: queries by name, the top N per container and "other".
 DNS_DOMAIN_QUERIES = "podsnoop_dns_domain_queries"                # _total added by the client
 DNS_DOMAIN_LABELS = CONTAINER_LABELS + ("domain",)

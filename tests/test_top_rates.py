@@ -178,3 +178,25 @@ def test_narrow_layout_fits_80_columns():
     out = console.export_text()
     assert max(len(line) for line in out.splitlines()) <= 80, out
     assert "NO_SOCKET" in out or "TC_INGRESS" in out
+
+
+def test_dns_requests_failure_share_and_p99():
+    """DNS/s counts every request (answered or timed out), DNSF% the SERVFAIL, REFUSED and
+    timed-out ones (names.DNS_FAILURE_RCODES, as the alert), DNS p99 from the histogram."""
+    inf = math.inf
+
+    def dns(noerror, servfail, timeout, nxdomain):
+        lab = f'{POD_B},container="c",container_id="x",qtype="A"'
+        return ("# TYPE podsnoop_dns_requests_total counter\n"
+                f'podsnoop_dns_requests_total{{{lab},rcode="NOERROR"}} {noerror}\n'
+                f'podsnoop_dns_requests_total{{{lab},rcode="SERVFAIL"}} {servfail}\n'
+                f'podsnoop_dns_requests_total{{{lab},rcode="timeout"}} {timeout}\n'
+                f'podsnoop_dns_requests_total{{{lab},rcode="NXDOMAIN"}} {nxdomain}\n')
+    name = "podsnoop_dns_request_duration_seconds"
+    a = dns(0, 0, 0, 0) + hist(name, POD_B, {0.001: 0, 0.01: 0, inf: 0})
+    b = dns(14, 2, 2, 2) + hist(name, POD_B, {0.001: 10, 0.01: 18, inf: 18})
+    r = rows_of(a, b)["batch/report-0"]
+    assert r.dns == 20 / 2
+    assert r.dns_failures == 4 / 20
+    assert r.dns_p99 == pytest.approx(0.001 + 0.009 * (18 * 0.99 - 10) / 8)
+    assert rows_of(text(), text())["shop/web-0"].dns_failures is None

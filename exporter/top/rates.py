@@ -38,15 +38,18 @@ CONNECT_FAILURES = names.TCP_CONNECT_FAILURES + "_total"
 RETRANSMITS = names.TCP_RETRANSMITS + "_total"
 DROPS = names.NET_DROPS + "_total"
 EXECS = names.EXECS + "_total"
+DNS_REQUESTS = names.DNS_REQUESTS + "_total"
+DNS_BUCKET = names.DNS_REQUEST_DURATION + "_bucket"
 
 # Counter column -> sample name whose per-pod increase / seconds is the column's value.
 COUNTER_COLUMNS = {
     "rx_bytes": RX_BYTES, "tx_bytes": TX_BYTES,
     "rx_packets": RX_PACKETS, "tx_packets": TX_PACKETS,
     "syscalls": SYSCALLS, "connects": CONNECT_COUNT, "connect_failures": CONNECT_FAILURES,
-    "retransmits": RETRANSMITS, "drops": DROPS, "execs": EXECS,
+    "retransmits": RETRANSMITS, "drops": DROPS, "execs": EXECS, "dns": DNS_REQUESTS,
 }
-WANTED = set(COUNTER_COLUMNS.values()) | {SYSCALL_ERRORS, SYSCALL_BUCKET, CONNECT_BUCKET}
+WANTED = set(COUNTER_COLUMNS.values()) | {SYSCALL_ERRORS, SYSCALL_BUCKET, CONNECT_BUCKET,
+                                          DNS_BUCKET}
 
 
 @dataclass
@@ -133,6 +136,9 @@ class PodRow:
     drops: float = 0.0
     drop_reason: str = ""                # the reason with the most drops in the interval
     execs: float = 0.0
+    dns: float = 0.0                     # DNS requests per second (answered or timed out)
+    dns_failures: float | None = None    # names.DNS_FAILURE_RCODES / all, in the interval
+    dns_p99: float | None = None         # seconds
     _drop_reasons: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
@@ -146,6 +152,7 @@ def pod_rates(a: Scrape, b: Scrape, q: float = 0.99) -> tuple[list[PodRow], floa
     if seconds <= 0:
         raise ValueError("the second scrape is not later than the first")
     rows: dict[PodKey, PodRow] = {}
+    dns_failed: dict[PodKey, float] = defaultdict(float)
 
     def row(labels: Labels) -> PodRow | None:
         key = pod_key(labels)
@@ -164,13 +171,16 @@ def pod_rates(a: Scrape, b: Scrape, q: float = 0.99) -> tuple[list[PodRow], floa
             if column == "drops" and inc:
                 reason = dict(labels).get("reason", "")
                 r._drop_reasons[reason] = r._drop_reasons.get(reason, 0.0) + inc
+            if column == "dns" and dict(labels).get("rcode") in names.DNS_FAILURE_RCODES:
+                dns_failed[pod_key(labels)] += inc
     errors: dict[PodKey, float] = defaultdict(float)
     for labels, inc in increases(a, b, SYSCALL_ERRORS).items():
         if (key := pod_key(labels)) is not None:
             row(labels)
             errors[key] += inc
     hists: dict[str, dict[PodKey, dict[float, float]]] = {}
-    for column, name in (("syscall_p99", SYSCALL_BUCKET), ("connect_p99", CONNECT_BUCKET)):
+    for column, name in (("syscall_p99", SYSCALL_BUCKET), ("connect_p99", CONNECT_BUCKET),
+                         ("dns_p99", DNS_BUCKET)):
         per_pod: dict[PodKey, dict[float, float]] = defaultdict(lambda: defaultdict(float))
         for labels, inc in increases(a, b, name).items():
             if (key := pod_key(labels)) is None:
@@ -182,6 +192,7 @@ def pod_rates(a: Scrape, b: Scrape, q: float = 0.99) -> tuple[list[PodRow], floa
     for key, r in rows.items():
         calls = r.syscalls
         r.errors = errors[key] / calls if calls > 0 else None
+        r.dns_failures = dns_failed[key] / r.dns if r.dns > 0 else None
         for column, per_pod in hists.items():
             setattr(r, column, quantile(q, per_pod.get(key, {})))
         if r._drop_reasons:

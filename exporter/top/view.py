@@ -11,7 +11,7 @@ from rich.text import Text
 
 from .rates import PodRow
 
-WIDE_MIN_WIDTH = 150   # below this many columns the narrow layout is used
+WIDE_MIN_WIDTH = 170   # below this many columns the narrow layout is used
 
 
 def si(v: float | None) -> str:
@@ -73,6 +73,10 @@ COLUMNS = (
     Column("drops", "DROP/s", si, "packets dropped/s"),
     Column("drop_reason", "DROP REASON", lambda v: v or "-", "the most frequent drop reason"),
     Column("execs", "EXEC/s", si, "execs/s"),
+    Column("dns", "DNS/s", si, "DNS requests/s (answered or timed out)"),
+    Column("dns_failures", "DNSF%", percent,
+           "share of DNS requests that got SERVFAIL or REFUSED or timed out"),
+    Column("dns_p99", "DNS p99", duration, "p99 DNS request latency"),
 )
 BY_KEY = {c.key: c for c in COLUMNS}
 SORT_KEYS = tuple(c.key for c in COLUMNS)
@@ -81,7 +85,7 @@ SORT_KEYS = tuple(c.key for c in COLUMNS)
 NARROW = (
     ("rx_bytes", "tx_bytes"), ("rx_packets", "tx_packets"), ("syscalls", "errors"),
     ("syscall_p99", "execs"), ("connects", "connect_failures"), ("connect_p99", "retransmits"),
-    ("drops", "drop_reason"),
+    ("dns", "dns_p99"), ("drops", "drop_reason"),
 )
 
 
