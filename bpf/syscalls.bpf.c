@@ -1,9 +1,10 @@
 // podsnoop: per-cgroup syscall counts, errors and latency, counted in the kernel
 // (precompiled CO-RE; loaded by exporter/bpfobject.py).
 //
-// With latency, sys_enter notes when a tracked thread entered a syscall and which one (the
-// tracepoint's own id argument); sys_exit counts the call (and an error if it returned
-// < 0) under (cgroup id, syscall nr) and adds the latency to a per-cgroup log2 histogram.
+// With latency, sys_enter notes that a tracked thread entered a syscall, which one (the
+// tracepoint's own id argument) and, for one call in latency_every, when; sys_exit counts
+// the call (and an error if it returned < 0) under (cgroup id, syscall nr) and adds a
+// timed call's latency to a per-cgroup log2 histogram.
 // Counts only: no entry program at all, sys_exit filters and reads the syscall number from
 // the saved registers (pt_regs->orig_ax, relocated by CO-RE).
 //

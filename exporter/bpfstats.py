@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -83,7 +84,9 @@ class StatsSampler:
     every `interval`, and counts the seconds they were on (on_seconds), the current
     window's part included, so a scrape inside a window sees run time and on-time grow
     together. Where kernel.bpf_stats_enabled is 1 node-wide they are on all the time
-    anyway, and on_seconds is the whole time since start."""
+    anyway, and on_seconds is the whole time since start. The windows open and close on
+    the event loop while scrape threads read on_seconds: a lock keeps the counter from
+    ever going back (a read between a window's close and its bookkeeping)."""
 
     def __init__(self, stats: RunTimeStats, window: float | None, interval: float,
                  clock=time.monotonic):
@@ -94,8 +97,8 @@ class StatsSampler:
         self.started = clock()
         self._on_total = 0.0
         self._on_since: float | None = None
-        self._toggles = False
         self._kept = False
+        self._lock = threading.Lock()
 
     @property
     def sampled(self) -> bool:
@@ -105,21 +108,22 @@ class StatsSampler:
         """The first window (or the whole run): False where the statistics cannot be
         turned on (RunTimeStats says why, once)."""
         self._kept = self._open()
-        self._toggles = self._kept and self.stats.fd is not None  # not if on node-wide
         return self._kept
 
     def _open(self) -> bool:
-        if not self.stats.enable():
-            return False
-        if self.stats.fd is not None:
-            self._on_since = self.clock()
-        return True
+        with self._lock:
+            if not self.stats.enable():
+                return False
+            if self.stats.fd is not None:
+                self._on_since = self.clock()
+            return True
 
     def _close(self) -> None:
-        if self._on_since is not None:
-            self._on_total += self.clock() - self._on_since
-            self._on_since = None
-        self.stats.close()
+        with self._lock:
+            if self._on_since is not None:
+                self._on_total += self.clock() - self._on_since
+                self._on_since = None
+            self.stats.close()
 
     @property
     def enabled(self) -> bool:
@@ -127,15 +131,17 @@ class StatsSampler:
         return self._kept or self.stats.node_wide()
 
     def on_seconds(self) -> float:
-        if self.stats.fd is None and self.stats.node_wide():
-            return self.clock() - self.started
-        live = self.clock() - self._on_since if self._on_since is not None else 0.0
-        return self._on_total + live
+        with self._lock:
+            if self.stats.fd is None and self.stats.node_wide():
+                return self.clock() - self.started
+            live = self.clock() - self._on_since if self._on_since is not None else 0.0
+            return self._on_total + live
 
     async def run(self) -> None:
-        """The windows after the first (an asyncio task; cancelled at exit)."""
+        """The windows after the first (an asyncio task; cancelled at exit). Nothing to
+        toggle where the first window did not open, or they are on node-wide (no fd)."""
         import asyncio
-        if not self.sampled or not self._toggles:
+        if not self.sampled or self.stats.fd is None:
             return
         try:
             while True:

@@ -3,6 +3,7 @@ turned on only while podsnoop runs: all the time with --bpf-stats on, in short w
 default (sampled), counted in podsnoop_bpf_stats_on_seconds_total."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -18,14 +19,33 @@ ON_SECONDS = names.BPF_STATS_ON_SECONDS + "_total"
 MANIFEST_CAPS = "-all,+bpf,+perfmon,+net_admin,+sys_ptrace"  # deploy/daemonset.yaml's
 
 
+@contextlib.contextmanager
+def foreign_program(pod):
+    """A program of someone else's on the pod's veth (its fd): the kernel counts its runs
+    only while statistics are on, which shows when they were. On leaving (after the
+    exporter stopped), checks that podsnoop left them off."""
+    other = bpfload.compile_program("testing/foreign", [])
+    fd = other.load_func("foreign_count", other.SCHED_CLS).fd
+    link = tcx.attach_tcx(fd, pod.host_ifindex(), "ingress")
+    try:
+        yield fd
+        assert SYSCTL.read_text().strip() == "0"
+        counted = run_stats(fd)[1]
+        pod.exec(["ping", "-c", "5", "-i", "0.01", "-W", "2", pod.host_ip])
+        assert run_stats(fd)[1] == counted, "statistics stayed on after podsnoop"
+    finally:
+        os.close(link)
+        other.cleanup()
+
+
 def test_every_program_is_timed_and_runs_count_packets_exactly(pods, kernel):
     assert SYSCTL.read_text().strip() == "0", "statistics must be off before the test"
     pod = pods.create()
-    # A program of someone else's on the same veth: the kernel counts its runs only while
-    # statistics are on, which shows when podsnoop turned them off again.
-    other = bpfload.compile_program("testing/foreign", [])
-    other_fd = other.load_func("foreign_count", other.SCHED_CLS).fd
-    link = tcx.attach_tcx(other_fd, pod.host_ifindex(), "ingress")
+    with foreign_program(pod) as other_fd:
+        _every_program_is_timed(pods, pod, other_fd)
+
+
+def _every_program_is_timed(pods, pod, other_fd):
     proc = run_exporter(pods, "--bpf-stats", "on")
     try:
         wait_for_filters(pod)
@@ -49,14 +69,6 @@ def test_every_program_is_timed_and_runs_count_packets_exactly(pods, kernel):
         assert run_stats(other_fd)[1] >= kernel["transmit_packets"]
     finally:
         assert proc.stop() == 0, proc.output()
-    try:
-        assert SYSCTL.read_text().strip() == "0"
-        counted = run_stats(other_fd)[1]
-        pod.exec(["ping", "-c", "5", "-i", "0.01", "-W", "2", pod.host_ip])
-        assert run_stats(other_fd)[1] == counted, "statistics stayed on after podsnoop"
-    finally:
-        os.close(link)
-        other.cleanup()
 
 
 def test_sampled_windows_count_only_while_on_and_say_for_how_long(pods):
@@ -64,9 +76,11 @@ def test_sampled_windows_count_only_while_on_and_say_for_how_long(pods):
     two scrapes with the same on-seconds the statistics were off throughout, and the kernel
     counted no run of anyone's program; within windows it did."""
     pod = pods.create()
-    other = bpfload.compile_program("testing/foreign", [])
-    other_fd = other.load_func("foreign_count", other.SCHED_CLS).fd
-    link = tcx.attach_tcx(other_fd, pod.host_ifindex(), "ingress")
+    with foreign_program(pod) as other_fd:
+        _windows_count_only_while_on(pods, pod, other_fd)
+
+
+def _windows_count_only_while_on(pods, pod, other_fd):
     proc = run_exporter(pods, "--bpf-stats-window", "0.3", "--bpf-stats-interval", "1.5")
     try:
         wait_for_filters(pod)
@@ -88,13 +102,6 @@ def test_sampled_windows_count_only_while_on_and_say_for_how_long(pods):
         assert m1.value(names.BPF_STATS_ENABLED) == 1
     finally:
         assert proc.stop() == 0, proc.output()
-    try:
-        counted = run_stats(other_fd)[1]
-        pod.exec(["ping", "-c", "5", "-i", "0.01", "-W", "2", pod.host_ip])
-        assert run_stats(other_fd)[1] == counted, "statistics stayed on after podsnoop"
-    finally:
-        os.close(link)
-        other.cleanup()
 
 
 def test_without_sys_admin_it_says_so_and_runs_on(pods):

@@ -61,9 +61,9 @@ def test_host_processes_are_not_counted(exporter, pod):
 
 
 def test_a_thread_that_moves_into_a_pod_is_counted_from_then_on(exporter, pod):
-    """The verdict "not in a pod" a host thread's record keeps (bpf/syscalls.bpf.c) holds
-    only for its css_set: the same thread, moved into a container's cgroup, counts exactly
-    the calls it makes there, none of those before, and none once it has moved out again."""
+    """The pod filter follows a thread's cgroup, not where it started: the same thread,
+    moved into a container's cgroup, counts exactly the calls it makes there, none of those
+    before, and none once it has moved out again."""
     import subprocess
     import sys
     app = pod.containers["app"]
