@@ -12,6 +12,8 @@ from test_network import wait_for
 
 CALLS, ERRORS = names.SYSCALLS + "_total", names.SYSCALL_ERRORS + "_total"
 HIST_COUNT = names.SYSCALL_DURATION + "_count"
+# The interpreter by its path, one task from exec to exit (python3-bpfcc depends on it).
+DEBIAN_PYTHON = "/usr/bin/python3"
 # getsid and rmdir: syscalls neither the shell nor `ip netns exec` that start a workload in
 # a test pod make, so a workload's count is exact.
 GETSID = "import os, sys\nfor _ in range(int(sys.argv[1])): os.getsid(0)"
@@ -209,15 +211,16 @@ def test_counts_only_mode_has_no_entry_program_and_counts_exactly(pods):
 def test_latency_every_n_times_one_call_in_n_and_counts_all(pods):
     """--syscall-latency-every 4: each thread times its 4th, 8th, ... tracked call; the
     counts stay exact. The histogram gains a quarter of the calls the container made, to
-    within each thread's rounding (the exec chain is a few processes, each rounding down
-    its own count, plus an exit_group that enters and never exits), and getsid's count is
-    exact."""
+    within the one task's rounding (sh execs ip, which execs the interpreter by its path:
+    a `python3` found on PATH may be a shim that forks a dozen shells, each rounding down
+    its own count, which made the bound depend on the machine; exit_group enters and never
+    exits), and getsid's count is exact."""
     pod = pods.create(containers=("app",))
     proc = run_exporter(pods, "--syscall-latency-every", "4")
     try:
         app = pod.containers["app"]
         m0 = proc.metrics()
-        pod.exec(["python3", "-c", GETSID, "4000"], container="app")
+        pod.exec([DEBIAN_PYTHON, "-c", GETSID, "4000"], container="app")
         m1 = proc.metrics()
         calls_added = sum(v for lab, v in m1.samples[CALLS] if lab["container_id"] == app.id) \
             - sum(v for lab, v in m0.samples.get(CALLS, []) if lab["container_id"] == app.id)
@@ -225,6 +228,6 @@ def test_latency_every_n_times_one_call_in_n_and_counts_all(pods):
                                                                      container_id=app.id)
         assert m1.value(CALLS, container_id=app.id, syscall="getsid") == 4000
         assert calls_added > 4000, calls_added
-        assert calls_added // 4 - 16 <= timed <= calls_added // 4 + 4, (timed, calls_added)
+        assert calls_added // 4 - 2 <= timed <= calls_added // 4 + 1, (timed, calls_added)
     finally:
         assert proc.stop() == 0, proc.output()
