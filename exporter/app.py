@@ -26,6 +26,8 @@ from .collectors.drops import load_programs as load_drop_programs
 from .collectors.exec import ExecCollector, ExecLog, ExecLogEndpoint
 from .collectors.exec import load_programs as load_exec_programs
 from .collectors.network import NetworkCollector
+from .collectors.peers import PeersCollector, PeerTable, node_addresses
+from .collectors.peers import load_programs as load_peer_programs
 from .collectors.pods import PodCollector
 from .collectors.programs import ProgramCostCollector
 from .bpfstats import RunTimeStats, StatsSampler
@@ -40,6 +42,7 @@ from .errors import CollectorUnavailable, PodsnoopError
 from .labels import PodLabeler
 from .links import LinkManager, OwnPodNetns, is_own_interface, is_pod_veth
 from .mode import PodIdentity, detect_mode, pod_identity
+from .peers import PeerDirectory
 from .memory import freeze_startup_objects, release_compiler_memory
 from .podnetns import PodNetnsIndex
 from .server import Health, make_app
@@ -160,6 +163,24 @@ def start_pod_watcher(cfg: Config, identity: PodIdentity | None = None):
     return index, watcher.start()
 
 
+def start_peer_watchers(cfg: Config, directory) -> list:
+    """Every pod and Service of the cluster into the peer directory (exporter/peerwatch.py),
+    or nothing without an API (then peers are the node, --peer-cidrs names and world)."""
+    from . import kube
+    if cfg.kube == "off":
+        return []
+    try:
+        client = kube.load_api_client(cfg.kube, cfg.kubeconfig)
+    except Exception:  # noqa: BLE001 - start_pod_watcher already said why, and stopped
+        return []
+    if client is None:
+        return []
+    from .peerwatch import start_peer_watchers as start
+    clients = iter([client])
+    return start(directory, lambda: next(clients, None) or kube.load_api_client(
+        cfg.kube, cfg.kubeconfig))
+
+
 def resize_on_exec(cfg: Config, resolver, pod_index):
     from .resize.programs import ResizeOnExec
     return ResizeOnExec(cfg, resolver, pod_index)
@@ -184,8 +205,8 @@ def make_resolver(cfg: Config) -> CgroupResolver:
 
 # Collector -> the Config field of the flag that turns it off (None: no flag).
 COLLECTOR_FLAGS = {"network": None, "syscalls": "syscalls", "exec": "exec", "tcp": "tcp",
-                   "container_network": "container_network", "dns": "dns", "drops": "drops",
-                   "resize": "resize"}
+                   "container_network": "container_network", "dns": "dns", "peers": "peers",
+                   "drops": "drops", "resize": "resize"}
 
 
 def load_collector(cfg: Config, status: CollectorStatus, collector: str, load):
@@ -337,6 +358,25 @@ async def run(cfg: Config) -> int:
             syncs.append(dns_links)
             collectors["dns"] = DnsCollector(dns_bpf, resolver, labeler, cfg.grace_seconds,
                                              cfg.dns_timeout, domains=cfg.dns_domains)
+        loaded = cfg.peers and load_collector(cfg, status, "peers",
+                                              lambda: load_peer_programs(cfg, scope))
+        if loaded:
+            peers_bpf, peers_roots, peers_links = loaded
+            programs.update(bpfload.program_fds(peers_bpf, "peers"))
+            cleanups.append(peers_bpf.cleanup)
+            cleanups.append(peers_links.close)  # links closed before the programs go
+            peers_roots.sync()
+            directory = PeerDirectory()
+            peer_table = PeerTable(peers_bpf, directory, cfg.peer_cidrs,
+                                   node_addresses=None if identity else node_addresses)
+            peer_table.sync()
+            syncs += [peers_roots, peers_links, peer_table]
+            # A sidecar may read only its own pod: its peers are CIDR names and world.
+            for w in [] if identity else start_peer_watchers(cfg, directory):
+                cleanups.append(w.stop)
+            collectors["peers"] = PeersCollector(
+                peers_bpf, resolver, labeler, cfg.grace_seconds, peer_table,
+                top=cfg.peer_top, series_cap=cfg.peer_series_cap)
         # a sidecar's drops: its own namespace only
         drops_bpf = cfg.drops and load_collector(cfg, status, "drops",
                                                  lambda: load_drop_programs(cfg)) or None

@@ -36,6 +36,15 @@ def syscall_list(value: str) -> frozenset[str] | None:
     return items
 
 
+def peer_cidrs(value: str) -> tuple:
+    """--peer-cidrs "corp=10.0.0.0/8,172.16.0.0/12;vpn=100.64.0.0/10" -> ((name, net), ...)"""
+    from .peers import parse_cidrs
+    try:
+        return tuple(parse_cidrs(e for e in value.split(";") if e.strip()))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def label_keys(value: str) -> tuple[str, ...]:
     keys = tuple(k.strip() for k in value.split(",") if k.strip())
     bad = [k for k in keys if not re.fullmatch(r"([A-Za-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?", k)]
@@ -81,6 +90,13 @@ class Config:
     dns_timeout: float = 5.0
     dns_map_entries: int = 16384
     dns_domains: int = 0
+    # Peers per pod (issue 21).
+    peers: bool = True
+    peer_top: int = 10
+    peer_series_cap: int = 10000
+    peer_cidrs: tuple = ()   # ((name, ipaddress network), ...)
+    peer_map_entries: int = 32768
+    peer_address_entries: int = 65536
     net_buckets: int = 256
     # Resize on exec (issue 8).
     resize: str = "off"
@@ -285,6 +301,27 @@ FLAGS = [
     ("--dns-domains", "PODSNOOP_DNS_DOMAINS", "0", bounded_int(0, 100),
      "DNS queries by name: the N names each container asks for most, the rest "
      "domain=\"other\" (0: off, nothing counted by name)", {}),
+    ("--peers", "PODSNOOP_PEERS", "on", on_off,
+     "per-pod traffic and TCP connects by peer workload, Service, node, --peer-cidrs name "
+     "or world (cgroup_skb programs on the kubepods roots, and every pod and Service of "
+     "the cluster watched; off: not loaded, not watched)", {}),
+    ("--peer-top", "PODSNOOP_PEER_TOP", f"{Config.peer_top}", bounded_int(0, 500),
+     "named peers per pod (by bytes); the rest is peer_network=\"other\"", {}),
+    ("--peer-series-cap", "PODSNOOP_PEER_SERIES_CAP", f"{Config.peer_series_cap}",
+     bounded_int(0, 10**7),
+     "node-wide cap on named peers (of all pods); beyond it peers fold into \"other\"", {}),
+    ("--peer-cidrs", "PODSNOOP_PEER_CIDRS", "", peer_cidrs,
+     "names for outside networks: NAME=PREFIX[,PREFIX...] entries separated by \";\" "
+     "(e.g. \"corp=10.0.0.0/8;vpn=100.64.0.0/10\"); other outside addresses are \"world\"",
+     {}),
+    ("--peer-map-entries", "PODSNOOP_PEER_MAP_ENTRIES", f"{Config.peer_map_entries}",
+     bounded_int(64, 1 << 22),
+     "capacity of the peer traffic map (one entry per container, peer and direction; the "
+     "connect counters get half)", {}),
+    ("--peer-address-entries", "PODSNOOP_PEER_ADDRESS_ENTRIES",
+     f"{Config.peer_address_entries}", bounded_int(64, 1 << 22),
+     "capacity of the kernel's address -> peer table (pod IPs of the cluster, ClusterIPs, "
+     "node addresses); addresses beyond it count as \"world\"", {}),
     # Resize on exec (issue 8).
     ("--resize", "PODSNOOP_RESIZE", "off", str.lower,
      "resize annotated pods' containers in place when a named command starts "
@@ -381,6 +418,9 @@ def parse(argv: list[str] | None = None) -> Config:
                   container_net_map_entries=a.container_net_map_entries,
                   dns=a.dns, dns_timeout=a.dns_timeout, dns_map_entries=a.dns_map_entries,
                   dns_domains=a.dns_domains,
+                  peers=a.peers, peer_top=a.peer_top, peer_series_cap=a.peer_series_cap,
+                  peer_cidrs=a.peer_cidrs, peer_map_entries=a.peer_map_entries,
+                  peer_address_entries=a.peer_address_entries,
                   resize=a.resize, resize_hold_seconds=a.resize_hold_seconds,
                   resize_min_interval=a.resize_min_interval, mode=a.mode,
                   tc_attach=a.tc_attach, bpf_stats=a.bpf_stats,

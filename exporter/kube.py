@@ -29,15 +29,16 @@ from .config import DEFAULT_GRACE_SECONDS  # noqa: F401  (one grace period for a
 log = logging.getLogger(__name__)
 
 RBAC_HINT = """\
-podsnoop needs `get, list, watch` on `pods` at cluster scope (it lists all namespaces with
-fieldSelector spec.nodeName=<node>). Grant it to the exporter's ServiceAccount, e.g.:
+podsnoop needs `get, list, watch` on `pods` and `services` at cluster scope (it lists all
+namespaces: pods with fieldSelector spec.nodeName=<node>, and for the traffic matrix's peers
+every pod and Service). Grant it to the exporter's ServiceAccount, e.g.:
   apiVersion: rbac.authorization.k8s.io/v1
   kind: ClusterRole
   metadata:
     name: podsnoop
   rules:
   - apiGroups: [""]
-    resources: ["pods"]
+    resources: ["pods", "services"]
     verbs: ["get", "list", "watch"]
 plus a ClusterRoleBinding of that role to the ServiceAccount. Retrying until then; pods stay
 unlabelled meanwhile."""
@@ -345,34 +346,34 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:200]
 
 
-class PodWatcher:
-    """List + watch this node's pods in a daemon thread and keep `index` current.
+class ListWatcher:
+    """List + watch one kind of object in a daemon thread; subclasses say which objects
+    (`_request`), and what a list, a change and a deletion do (`_parse`, `_replace`,
+    `_upsert`, `_delete`).
 
     The blocking client lives only in this thread, so neither the asyncio loop nor /metrics
     ever waits on the API server. Resumes the watch from the last resourceVersion it saw
     (bookmarks keep that fresh), re-lists on 410 Gone, and retries everything else with
-    capped exponential backoff and jitter.
+    capped exponential backoff and jitter. With `page_size` set, lists are read page by
+    page (`limit` and `continue`): only one page of JSON is ever held.
 
     Attributes for metrics and /readyz:
       state     "starting", "synced" or "degraded: <reason>"
       restarts  list/watch cycles ended by an error, 410 included (not the periodic,
                 server-side watch timeout): podsnoop_kube_watch_restarts_total
       last_error, resource_version, last_list_cpu_seconds (watcher thread CPU of the last
-      list + index, from time.thread_time()), last_list_pods
+      list + index, from time.thread_time()), last_list_items, last_list_pages
     """
 
-    def __init__(self, index: PodIndex, node_name: str, api_client_factory: Callable[[], Any],
-                 label_allowlist: Iterable[str] = (), backoff_base: float = 0.5,
+    kind = "object"          # log wording: "pod watch expired", "pod list/watch failed"
+    resource = "objects"     # log wording: "listed 3 pods", "refused to list pods"
+    page_size: int | None = None   # the list's `limit`; None: one unpaginated list
+
+    def __init__(self, api_client_factory: Callable[[], Any], backoff_base: float = 0.5,
                  backoff_cap: float = 30.0, *, watch_timeout: int = 300,
                  connect_timeout: float = 5.0, read_timeout: float = 30.0,
-                 own_pod: tuple[str, str] | None = None) -> None:
-        """own_pod: (namespace, name) to watch only that pod, in its namespace (a sidecar
-        given read access to its own pod by a namespaced Role)."""
-        self.index = index
-        self.own_pod = own_pod
-        self.node_name = node_name
+                 thread_name: str = "podsnoop-kube-watch") -> None:
         self.api_client_factory = api_client_factory
-        self.allowlist = LabelAllowlist(label_allowlist)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.watch_timeout = watch_timeout
@@ -384,29 +385,47 @@ class PodWatcher:
         self.last_error: str | None = None
         self.resource_version: str | None = None
         self.last_list_cpu_seconds = 0.0
-        self.last_list_pods = 0
+        self.last_list_items = 0
+        self.last_list_pages = 0
 
         self._synced = threading.Event()
         self._stopping = threading.Event()
         self._resp_lock = threading.Lock()
         self._resp = None
         self._forbidden_logged = False
-        self._thread = threading.Thread(target=self._run, name="podsnoop-kube-watch",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
 
-    @property
-    def field_selector(self) -> str:
-        if self.own_pod:
-            return f"metadata.name={self.own_pod[1]}"
-        return f"spec.nodeName={self.node_name}"
+    # -- what subclasses define --
 
-    def _list_pods(self, api, **kw):
-        if self.own_pod:
-            return api.list_namespaced_pod(self.own_pod[0], field_selector=self.field_selector,
-                                           **kw)
-        return api.list_pod_for_all_namespaces(field_selector=self.field_selector, **kw)
+    def _request(self, api, **kw):
+        """The list (or, with watch=True, watch) request: a RawPods method call."""
+        raise NotImplementedError
 
-    def start(self) -> "PodWatcher":
+    def _parse(self, obj: Mapping[str, Any]) -> Any:
+        """A listed object -> what `_replace` keeps of it (called per item, page by page)."""
+        return obj
+
+    def _replace(self, parsed: list) -> None:
+        """A complete list: everything that is, replacing what was."""
+        raise NotImplementedError
+
+    def _upsert(self, obj: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _delete(self, obj: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _list_scope(self) -> str:
+        """Where the list looked, for its log line: "on node node-a", "in the cluster"."""
+        return "in the cluster"
+
+    def _log_forbidden(self, reason: str) -> None:
+        """Once per run of 403s: say what permission is missing."""
+        log.error("Kubernetes API refused to list %s (%s).", self.resource, reason)
+
+    # -- lifecycle --
+
+    def start(self):
         self._thread.start()
         return self
 
@@ -451,7 +470,7 @@ class PodWatcher:
                     break
                 self.restarts += 1
                 need_list = True
-                log.info("pod watch expired (%s); re-listing", exc)
+                log.info("%s watch expired (%s); re-listing", self.kind, exc)
                 # The first 410 re-lists at once; a server that keeps answering 410 backs off.
                 delay = self._backoff(failures) if failures else 0.0
                 failures += 1
@@ -480,16 +499,16 @@ class PodWatcher:
         if getattr(exc, "status", None) == 403:
             if not self._forbidden_logged:
                 self._forbidden_logged = True
-                log.error("Kubernetes API refused to list pods (%s).\n%s", reason, RBAC_HINT)
+                self._log_forbidden(reason)
             # Permissions do not fix themselves quickly: retry at the cap, quietly.
             return random.uniform(self.backoff_cap / 2, self.backoff_cap)
         (log.warning if changed else log.debug)(
-            "pod list/watch failed (%s); retrying with backoff", reason)
+            "%s list/watch failed (%s); retrying with backoff", self.kind, reason)
         return self._backoff(failures)
 
     def _healthy(self, listed: bool = False) -> None:
         if self.state.startswith("degraded"):
-            log.info("pod list/watch recovered (last error: %s)", self.last_error)
+            log.info("%s list/watch recovered (last error: %s)", self.kind, self.last_error)
         if listed or self._synced.is_set():
             self.state = "synced"
         self._forbidden_logged = False  # a later, new 403 deserves its own message
@@ -516,32 +535,62 @@ class PodWatcher:
             except Exception:  # noqa: BLE001 - a cut connection may not release cleanly
                 pass
 
-    def _list(self, api, consistent: bool) -> None:
-        cpu0 = time.thread_time()
-        resp = self._open(lambda: self._list_pods(
-            api,
-            # "0" lets the API server answer from its watch cache: the cheap list every
-            # DaemonSet should use. After a 410 we want a consistent (quorum) read instead.
-            resource_version=None if consistent else "0",
-            _preload_content=False,
-            _request_timeout=(self.connect_timeout, self.read_timeout)))
+    def _list_page(self, api, **kw) -> dict | None:
+        """One list request's parsed body; None if stopping."""
+        resp = self._open(lambda: self._request(
+            api, _preload_content=False,
+            _request_timeout=(self.connect_timeout, self.read_timeout), **kw))
         if resp is None:
-            return
+            return None
         try:
-            body = json.loads(resp.data)
+            return json.loads(resp.data)
         finally:
             self._release()
-        items = body.get("items") or ()
-        self.index.replace([pod_meta(p, self.allowlist) for p in items])
-        self.resource_version = (body.get("metadata") or {}).get("resourceVersion") or None
+
+    def _list(self, api, consistent: bool) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        cpu0 = time.thread_time()
+        # "0" lets the API server answer from its watch cache: the cheap list every
+        # DaemonSet should use. After a 410 we want a consistent (quorum) read instead.
+        # (A server that cannot paginate its cache answers "0" in one page, limit or not.)
+        kw: dict[str, Any] = {"resource_version": None if consistent else "0"}
+        if self.page_size:
+            kw["limit"] = self.page_size
+        parsed: list = []
+        pages = 0
+        resource_version = None
+        while True:
+            try:
+                body = self._list_page(api, **kw)
+            except ApiException as exc:
+                if exc.status == 410 and "_continue" in kw:  # token outlived compaction
+                    raise _Gone(_describe(exc)) from exc
+                raise
+            if body is None:
+                return
+            pages += 1
+            metadata = body.get("metadata") or {}
+            if resource_version is None:   # every page is of the first page's snapshot
+                resource_version = metadata.get("resourceVersion") or None
+            parsed.extend(self._parse(obj) for obj in body.get("items") or ())
+            token = metadata.get("continue")
+            del body
+            if not token:
+                break
+            kw = {"limit": self.page_size, "_continue": token}  # no resourceVersion with it
+        self._replace(parsed)
+        self.resource_version = resource_version
         self.last_list_cpu_seconds = time.thread_time() - cpu0
-        self.last_list_pods = len(items)
+        self.last_list_items = len(parsed)
+        self.last_list_pages = pages
         first = not self._synced.is_set()
         self._healthy(listed=True)
         self._synced.set()    # after `state`: whoever waits on it sees "synced"
         log.log(logging.INFO if first else logging.DEBUG,
-                "listed %d pods on node %s (resourceVersion %s, %.3f s CPU)",
-                len(items), self.node_name, self.resource_version, self.last_list_cpu_seconds)
+                "listed %d %s %s (resourceVersion %s, %.3f s CPU)",
+                len(parsed), self.resource, self._list_scope(), self.resource_version,
+                self.last_list_cpu_seconds)
 
     def _watch(self, api) -> bool:
         """One watch request. True if it ended normally (server timeout, stop)."""
@@ -549,7 +598,7 @@ class PodWatcher:
 
         timeout = int(self.watch_timeout * random.uniform(1.0, 1.2))  # spread reconnects
         try:
-            resp = self._open(lambda: self._list_pods(
+            resp = self._open(lambda: self._request(
                 api,
                 watch=True,
                 allow_watch_bookmarks=True,
@@ -590,13 +639,68 @@ class PodWatcher:
             from kubernetes.client.exceptions import ApiException
             raise ApiException(status=code or 0, reason=msg)
         if kind in ("ADDED", "MODIFIED"):
-            self.index.upsert(pod_meta(obj, self.allowlist))
+            self._upsert(obj)
         elif kind == "DELETED":
-            meta = pod_meta(obj, self.allowlist)
-            self.index.delete(meta.uid, final=meta)
+            self._delete(obj)
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:  # BOOKMARK carries only this: it keeps a quiet watch resumable
             self.resource_version = rv
+
+
+class PodWatcher(ListWatcher):
+    """List + watch this node's pods and keep `index` current (see ListWatcher)."""
+
+    kind, resource = "pod", "pods"
+
+    def __init__(self, index: PodIndex, node_name: str, api_client_factory: Callable[[], Any],
+                 label_allowlist: Iterable[str] = (), backoff_base: float = 0.5,
+                 backoff_cap: float = 30.0, *, watch_timeout: int = 300,
+                 connect_timeout: float = 5.0, read_timeout: float = 30.0,
+                 own_pod: tuple[str, str] | None = None) -> None:
+        """own_pod: (namespace, name) to watch only that pod, in its namespace (a sidecar
+        given read access to its own pod by a namespaced Role)."""
+        self.index = index
+        self.own_pod = own_pod
+        self.node_name = node_name
+        self.allowlist = LabelAllowlist(label_allowlist)
+        super().__init__(api_client_factory, backoff_base, backoff_cap,
+                         watch_timeout=watch_timeout, connect_timeout=connect_timeout,
+                         read_timeout=read_timeout, thread_name="podsnoop-kube-watch")
+
+    @property
+    def last_list_pods(self) -> int:
+        return self.last_list_items
+
+    @property
+    def field_selector(self) -> str:
+        if self.own_pod:
+            return f"metadata.name={self.own_pod[1]}"
+        return f"spec.nodeName={self.node_name}"
+
+    def _request(self, api, **kw):
+        if self.own_pod:
+            return api.list_namespaced_pod(self.own_pod[0], field_selector=self.field_selector,
+                                           **kw)
+        return api.list_pod_for_all_namespaces(field_selector=self.field_selector, **kw)
+
+    def _parse(self, obj: Mapping[str, Any]) -> PodMeta:
+        return pod_meta(obj, self.allowlist)
+
+    def _replace(self, parsed: list) -> None:
+        self.index.replace(parsed)
+
+    def _upsert(self, obj: Mapping[str, Any]) -> None:
+        self.index.upsert(pod_meta(obj, self.allowlist))
+
+    def _delete(self, obj: Mapping[str, Any]) -> None:
+        meta = pod_meta(obj, self.allowlist)
+        self.index.delete(meta.uid, final=meta)
+
+    def _list_scope(self) -> str:
+        return f"on node {self.node_name}"
+
+    def _log_forbidden(self, reason: str) -> None:
+        log.error("Kubernetes API refused to list pods (%s).\n%s", reason, RBAC_HINT)
 
 
 def _shutdown(resp) -> None:

@@ -1,6 +1,6 @@
-"""The pod list and watch requests of the pod watcher, made through the kubernetes client's
-ApiClient (its configuration: in-cluster or kubeconfig auth, TLS, proxy, timeouts) but
-without its generated API class.
+"""The pod and Service list and watch requests of the watchers (kube.py, peerwatch.py),
+made through the kubernetes client's ApiClient (its configuration: in-cluster or kubeconfig
+auth, TLS, proxy, timeouts) but without its generated API class.
 
 Why: kubernetes.client.CoreV1Api is a ~37,000-line module whose methods are validated by
 pydantic; importing it and building its Pod models costs the serving process ~21 MB
@@ -16,12 +16,13 @@ from urllib.parse import quote
 # The list/watch parameters podsnoop sets, by their Python names (as CoreV1Api names them).
 QUERY = {"field_selector": "fieldSelector", "resource_version": "resourceVersion",
          "watch": "watch", "allow_watch_bookmarks": "allowWatchBookmarks",
-         "timeout_seconds": "timeoutSeconds"}
+         "timeout_seconds": "timeoutSeconds", "limit": "limit", "_continue": "continue"}
 
 
 class RawPods:
-    """list_pod_for_all_namespaces / list_namespaced_pod as CoreV1Api has them with
-    _preload_content=False: the urllib3 response, its body unread."""
+    """list_pod_for_all_namespaces / list_namespaced_pod / list_service_for_all_namespaces
+    as CoreV1Api has them with _preload_content=False: the urllib3 response, its body
+    unread. Pagination as CoreV1Api names it: `limit`, `_continue`."""
 
     def __init__(self, api_client):
         self.api_client = api_client
@@ -31,6 +32,9 @@ class RawPods:
 
     def list_namespaced_pod(self, namespace: str, **kw):
         return self._get(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods", **kw)
+
+    def list_service_for_all_namespaces(self, **kw):
+        return self._get("/api/v1/services", **kw)
 
     def _get(self, path: str, *, _preload_content: bool = False, _request_timeout=None,
              **params):

@@ -87,6 +87,15 @@ def _dns_object(cfg, level):
                              "dns_domains": n if cfg.dns_domains else 1})
 
 
+def _peers_object(cfg, level):
+    n = cfg.peer_map_entries
+    return dict(rodata=dict(**_pod_filter(level), cidr_count=len(cfg.peer_cidrs)),
+                max_entries={"peer_traffic": n, "peer_connects": max(n // 2, 64),
+                             "peer_connecting": cfg.tcp_map_entries,
+                             "peer_addrs": cfg.peer_address_entries,
+                             "peer_cidrs": max(len(cfg.peer_cidrs), 1)})
+
+
 def _tcp_object(cfg, level):
     from .collectors.tcp import COUNTER_ENTRIES_PER_MAP
     # the tracepoint's err argument (6.18 has it): a program reading it cannot attach where
@@ -130,8 +139,8 @@ def _resize_object(cfg, level):
 
 
 OBJECTS = {"net": _net_object, "syscalls": _syscalls_object, "exec": _exec_object,
-           "tcp": _tcp_object, "cgroup_net": _cgroup_net_object, "dns": _dns_object, "drops": _drops_object,
-           "resize": _resize_object}
+           "tcp": _tcp_object, "cgroup_net": _cgroup_net_object, "dns": _dns_object,
+           "peers": _peers_object, "drops": _drops_object, "resize": _resize_object}
 
 
 def load_object(name: str, cfg, level: int) -> FdProgram:

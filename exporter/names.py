@@ -76,6 +76,21 @@ DNS_FAILURE_RCODES = ("SERVFAIL", "REFUSED", DNS_TIMEOUT)  # a failed request (a
 DNS_DOMAIN_QUERIES = "podsnoop_dns_domain_queries"                # _total added by the client
 DNS_DOMAIN_LABELS = CONTAINER_LABELS + ("domain",)
 
+# Peers per pod (issue 21): traffic of the pod's sockets by who is at the other end
+# (exporter/peers.py), counted by bpf/peers.bpf.c. One of peer_workload (a pod's controller,
+# or a bare pod's name), peer_service (a ClusterIP) or peer_network (a --peer-cidr name,
+# PEER_NODE, PEER_WORLD, or PEER_OTHER: the peers beyond the pod's top N) is set.
+PEER_ID_LABELS = ("peer_namespace", "peer_workload", "peer_service", "peer_network")
+PEER_BYTES = "podsnoop_peer_bytes"                        # _total added by the client
+PEER_PACKETS = "podsnoop_peer_packets"
+PEER_LABELS = POD_LABELS + ("direction",) + PEER_ID_LABELS   # direction: DROP_DIRECTIONS
+PEER_TCP_CONNECTS = "podsnoop_peer_tcp_connects"           # SYN_SENT -> ESTABLISHED
+PEER_TCP_CONNECT_FAILURES = "podsnoop_peer_tcp_connect_failures"  # SYN_SENT -> CLOSE
+PEER_CONNECT_LABELS = POD_LABELS + PEER_ID_LABELS
+PEER_WORLD = "world"
+PEER_NODE = "node"
+PEER_OTHER = "other"
+
 # Pod metadata to join on (kube-state-metrics' kube_pod_labels pattern).
 POD_INFO = "podsnoop_pod_info"
 # workload_kind, workload: the pod's controller (Deployment, StatefulSet, DaemonSet,

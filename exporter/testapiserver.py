@@ -1,4 +1,4 @@
-"""A small Kubernetes API server for tests and the demo: pods, list and watch, nothing else.
+"""A small Kubernetes API server for tests and the demo: pods and Services, list and watch.
 
 It follows the documented API semantics closely enough for the real `kubernetes` client:
 one resourceVersion counter bumped on every change; lists carry `metadata.resourceVersion`;
@@ -6,7 +6,15 @@ one resourceVersion counter bumped on every change; lists carry `metadata.resour
 DELETED, BOOKMARK when allowWatchBookmarks=true, ERROR with a 410 Status when N is older than
 the compacted window); watches without a resourceVersion (or "0") start with synthetic ADDED
 events; `timeoutSeconds` ends a watch cleanly; fieldSelector and labelSelector filter, and a
-watcher sees a pod that stops or starts matching as DELETED or ADDED.
+watcher sees a pod that stops or starts matching as DELETED or ADDED. Pods and Services share
+that code (`_Resource`: objects, history, open watches; one resourceVersion counter for both).
+
+Lists paginate with `limit`: a page carries `metadata.continue` (and `remainingItemCount`)
+while items remain; `continue=<token>` serves the next page of the same snapshot, at the first
+page's resourceVersion, whatever changed meanwhile; the last page has no token. A token from
+before `compact()` answers 410 Expired, one given with a resourceVersion 400, as a real API
+server does. `limit` is honoured for any resourceVersion (a server that serves lists from its
+watch cache may ignore it for resourceVersion=0).
 
 It runs its own asyncio loop in a daemon thread on 127.0.0.1 (ephemeral port), so
 synchronous tests can drive it; every control method is thread-safe and returns once the
@@ -21,6 +29,7 @@ change is visible to clients. Faults: `fail_next`, `compact`, `drop_connections`
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import re
@@ -80,10 +89,11 @@ _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotF
             503: "ServiceUnavailable"}
 
 
-def _fail_message(code: int) -> str:
+def _fail_message(code: int, path: str = "/api/v1/pods") -> str:
     if code == 403:
-        return ('pods is forbidden: User "system:serviceaccount:monitoring:podsnoop" cannot '
-                'list resource "pods" in API group "" at the cluster scope')
+        resource = path.rstrip("/").rsplit("/", 1)[-1]
+        return (f'{resource} is forbidden: User "system:serviceaccount:monitoring:podsnoop" '
+                f'cannot list resource "{resource}" in API group "" at the cluster scope')
     if code == 410:
         return "too old resource version"
     return f"injected failure {code}"
@@ -150,8 +160,19 @@ def parse_label_selector(text: str) -> Callable[[dict], bool]:
 PROGRAM_GROUP, PROGRAM_VERSION = "podsnoop.io", "v1alpha1"
 
 
+class _Resource:
+    """One kind's state, shared list/watch code for pods and Services: current objects by
+    uid, the change history watches resume from, and the open watches."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind                      # "Pod": the objects' and the list's kind
+        self.objects: dict[str, dict] = {}    # uid -> object, current state
+        self.history: list[tuple] = []        # (rv, old, new or None, object sent)
+        self.watches: dict[int, tuple[asyncio.Queue, web.Request]] = {}  # by id(queue)
+
+
 class KubeApiServer:
-    """Pods (and podsnoop's PodsnoopProgram custom resource) Kubernetes API for tests.
+    """Pods, Services (and podsnoop's PodsnoopProgram custom resource) Kubernetes API for tests.
     Start with `start()` or `with`."""
 
     def __init__(self, *, bookmark_interval: float = 1.0,
@@ -162,12 +183,18 @@ class KubeApiServer:
         self.token = token
         self.port = 0
         self._rv = 1000                       # like a real cluster: never starts at 0
-        self._pods: dict[str, dict] = {}      # uid -> pod, current state
-        self._history: list[tuple] = []       # (rv, old, new or None, object sent)
+        self._resources = {"pods": _Resource("Pod"), "services": _Resource("Service")}
+        self._pods = self._resources["pods"].objects          # uid -> pod
+        self._services = self._resources["services"].objects  # uid -> Service
         self._compacted_rv = 0                # watches from before this get 410
-        self._fail: list[int] = []            # statuses for the next requests
+        # (status, path or None for any) for the next requests
+        self._fail: list[tuple[int, str | None]] = []
         self._down = False
-        self._watches: dict[int, tuple[asyncio.Queue, web.Request]] = {}  # by id(queue)
+        # Paginated lists: snapshot id -> (resourceVersion, items), until the last page.
+        self._snapshots: dict[int, tuple[int, list[dict]]] = {}
+        self._next_snapshot = 0
+        self._node_ips: dict[str, str] = {}   # node name -> its hostIP
+        self._service_ip = 0
         self._log: list[LoggedRequest] = []
         # Resize on exec (issue 8): False makes pods/resize answer 404, as before 1.33;
         # resize_outcome None: the kubelet applies a resize at once, "Deferred" or
@@ -235,8 +262,10 @@ class KubeApiServer:
     async def _startup(self) -> None:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/version", self._version)
-        app.router.add_get("/api/v1/pods", self._pods_handler)
-        app.router.add_get("/api/v1/namespaces/{namespace}/pods", self._pods_handler)
+        for plural in self._resources:
+            handler = self._list_handler(plural)
+            app.router.add_get(f"/api/v1/{plural}", handler)
+            app.router.add_get(f"/api/v1/namespaces/{{namespace}}/{plural}", handler)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{name}", self._pod_handler)
         app.router.add_patch("/api/v1/namespaces/{namespace}/pods/{name}", self._patch_pod)
         app.router.add_patch("/api/v1/namespaces/{namespace}/pods/{name}/resize",
@@ -298,7 +327,8 @@ class KubeApiServer:
 
     @property
     def open_watches(self) -> int:
-        return len(self._watches)
+        """Open pod and Service watches."""
+        return sum(len(r.watches) for r in self._resources.values())
 
     def pods(self) -> list[dict]:
         """Every pod's current state, as the API would serve it."""
@@ -314,7 +344,9 @@ class KubeApiServer:
                 ephemeral_containers: Iterable[str] | Mapping[str, str] = (),
                 phase: str | None = None, annotations: Mapping[str, str] | None = None,
                 resources: Mapping[str, dict] | None = None,
-                owner: tuple[str, str] | None = None) -> dict:
+                owner: tuple[str, str] | None = None, pod_ip: str | None = None,
+                pod_ips: Iterable[str] | None = None, host_ip: str | None = None,
+                host_network: bool = False) -> dict:
         """Create a pod (running, with containerd ids) and return it.
 
         `owner`: (kind, name) of its controller, e.g. ("ReplicaSet", "web-5d4f8c7b9"), put in
@@ -322,10 +354,21 @@ class KubeApiServer:
         `containers` is names, or name -> bare container id to choose the ids. A pod with
         `node=None` is unscheduled: Pending, no container statuses. `resources`: container
         name -> its spec resources ({"requests": {...}, "limits": {...}}).
+        A scheduled pod gets status.hostIP (its node's: `host_ip`, else one per node) and
+        status.podIP (a 10.244/16 address, only that unless IPs are given); `pod_ips` sets
+        status.podIPs and podIP (the first), `pod_ip` both to one address; `host_network`
+        sets spec.hostNetwork and, as a kubelet does, the host IP as the pod's.
         """
         pod = self._build_pod(name, namespace, node, uid or str(uuid.uuid4()), labels,
                               containers, init_containers, ephemeral_containers, phase,
                               annotations=annotations, resources=resources)
+        if host_network:
+            pod["spec"]["hostNetwork"] = True
+        if host_ip is not None:
+            pod["status"]["hostIP"] = host_ip
+        if host_network and pod_ip is None and pod_ips is None and pod["status"].get("hostIP"):
+            pod_ip = pod["status"]["hostIP"]
+        self._set_pod_ips(pod, pod_ip, pod_ips)
         if owner is not None:
             kind, owner_name = owner
             pod["metadata"]["ownerReferences"] = [{
@@ -347,8 +390,10 @@ class KubeApiServer:
 
     def update_pod(self, uid: str, *, labels: Mapping[str, str] | None = None,
                    phase: str | None = None, node: str | None = None,
-                   annotations: Mapping[str, str] | None = None) -> dict:
-        """Change labels, annotations, phase and/or bind an unscheduled pod to `node`."""
+                   annotations: Mapping[str, str] | None = None,
+                   pod_ips: Iterable[str] | None = None) -> dict:
+        """Change labels, annotations, phase, IPs (status.podIPs and podIP) and/or bind an
+        unscheduled pod to `node`."""
         def change() -> dict:
             pod = copy.deepcopy(self._pods[uid])
             if labels is not None:
@@ -361,6 +406,7 @@ class KubeApiServer:
                 pod["spec"]["nodeName"] = node
                 if not pod["status"].get("containerStatuses"):
                     self._start_containers(pod)
+            self._set_pod_ips(pod, None, pod_ips)
             return self._commit(uid, pod)
         return self._call(change)
 
@@ -392,20 +438,55 @@ class KubeApiServer:
             return self._commit(uid, None, final=pod)
         return self._call(change)
 
+    def services(self) -> list[dict]:
+        return self._call(lambda: [copy.deepcopy(s) for s in self._services.values()])
+
+    def add_service(self, name: str, namespace: str = "default", *,
+                    cluster_ip: str | None = None, cluster_ips: Iterable[str] | None = None,
+                    uid: str | None = None) -> dict:
+        """Create a Service and return it. spec.clusterIPs is `cluster_ips`, else
+        [`cluster_ip`], else one allocated from 10.96/16; "None" makes it headless."""
+        if cluster_ips is not None:
+            ips = list(cluster_ips)
+        elif cluster_ip is not None:
+            ips = [cluster_ip]
+        else:
+            self._service_ip += 1
+            ips = [f"10.96.{(self._service_ip >> 8) & 255}.{self._service_ip & 255}"]
+        uid = uid or str(uuid.uuid4())
+        svc = {
+            "metadata": {"name": name, "namespace": namespace, "uid": uid,
+                         "creationTimestamp": _now()},
+            "spec": {"type": "ClusterIP", "clusterIP": ips[0] if ips else "",
+                     "clusterIPs": ips, "ports": [{"port": 80, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {}},
+        }
+        return self._call(self._commit, uid, svc, created=True, resource="services")
+
+    def delete_service(self, uid: str) -> dict:
+        """Delete a Service and return its final state."""
+        def change() -> dict:
+            svc = copy.deepcopy(self._services[uid])
+            return self._commit(uid, None, final=svc, resource="services")
+        return self._call(change)
+
     def compact(self) -> None:
         """Forget history, like etcd compaction: every watch resuming from a resourceVersion
         before now gets 410 Expired, and open watches are ended with an ERROR 410 event."""
         def run() -> None:
             self._rv += 1                     # other objects changed meanwhile
             self._compacted_rv = self._rv
-            self._history.clear()
+            for resource in self._resources.values():
+                resource.history.clear()
+            self._snapshots.clear()           # their continue tokens answer 410 now
             self._end_watches(("ERROR", _status_body(
                 410, "Expired", "The resourceVersion for the provided watch is too old.")))
         self._call(run)
 
-    def fail_next(self, status: int, n: int = 1) -> None:
-        """The next `n` API requests answer `status` with a Status body (403, 410, 500...)."""
-        self._call(self._fail.extend, [status] * n)
+    def fail_next(self, status: int, n: int = 1, *, path: str | None = None) -> None:
+        """The next `n` API requests (to `path` only, e.g. "/api/v1/services", if given)
+        answer `status` with a Status body (403, 410, 500...)."""
+        self._call(self._fail.extend, [(status, path)] * n)
 
     def end_watches(self) -> None:
         """End every open watch cleanly, as on a server-side timeout or graceful restart."""
@@ -475,7 +556,9 @@ class KubeApiServer:
     def _start_containers(self, pod: dict) -> None:
         ids = pod.pop("_ids", None) or {}
         st = pod["status"]
-        st.update(phase="Running", hostIP="192.0.2.10", startTime=_now(),
+        node = pod["spec"].get("nodeName") or DEFAULT_NODE
+        host_ip = self._node_ips.setdefault(node, f"192.0.2.{10 + len(self._node_ips)}")
+        st.update(phase="Running", hostIP=host_ip, startTime=_now(),
                   podIP=f"10.244.{(self._ip >> 8) & 255}.{self._ip & 255}")
         for key, spec_key in (("containerStatuses", "containers"),
                               ("initContainerStatuses", "initContainers"),
@@ -497,34 +580,43 @@ class KubeApiServer:
                 **({"resources": copy.deepcopy(wanted[n])} if wanted.get(n) else {}),
             } for n in names]
 
+    @staticmethod
+    def _set_pod_ips(pod: dict, pod_ip: str | None, pod_ips: Iterable[str] | None) -> None:
+        ips = list(pod_ips) if pod_ips is not None else [pod_ip] if pod_ip is not None else None
+        if ips is not None:
+            pod["status"]["podIPs"] = [{"ip": ip} for ip in ips]
+            pod["status"]["podIP"] = ips[0] if ips else ""
+
     def _commit(self, uid: str, new: dict | None, *, final: dict | None = None,
-                created: bool = False) -> dict:
+                created: bool = False, resource: str = "pods") -> dict:
         """Apply one change: bump resourceVersion, record history, notify watches."""
-        old = self._pods.get(uid)
+        res = self._resources[resource]
+        old = res.objects.get(uid)
         if created and old is not None:
-            raise ValueError(f"pod uid {uid} exists")
+            raise ValueError(f"{res.kind} uid {uid} exists")
         if not created and old is None:
             raise KeyError(uid)
         self._rv += 1
         obj = new if new is not None else final   # what watchers are sent
         obj["metadata"]["resourceVersion"] = str(self._rv)
         if new is None:
-            del self._pods[uid]
+            del res.objects[uid]
         else:
-            self._pods[uid] = new
+            res.objects[uid] = new
         change = (self._rv, old, new, obj)
-        self._history.append(change)
-        for queue, _ in self._watches.values():
+        res.history.append(change)
+        for queue, _ in res.watches.values():
             queue.put_nowait(change)
         return self._serve_copy(obj)
 
     def _end_watches(self, how: Any) -> None:
         for queue in list(self._program_watches.values()):
             queue.put_nowait(how)
-        for queue, request in list(self._watches.values()):
-            queue.put_nowait(how)
-            if how is _DROP and request.transport is not None:
-                request.transport.abort()
+        for resource in self._resources.values():
+            for queue, request in list(resource.watches.values()):
+                queue.put_nowait(how)
+                if how is _DROP and request.transport is not None:
+                    request.transport.abort()
 
     @staticmethod
     def _serve_copy(pod: dict) -> dict:
@@ -620,9 +712,11 @@ class KubeApiServer:
             return web.Response(status=503)
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return self._error(request, 401, "Unauthorized")
-        if self._fail:
-            code = self._fail.pop(0)
-            return self._error(request, code, _fail_message(code))
+        hit = next((i for i, (_, path) in enumerate(self._fail)
+                    if path is None or path == request.path), None)
+        if hit is not None:
+            code, _ = self._fail.pop(hit)
+            return self._error(request, code, _fail_message(code, request.path))
         return await handler(request)
 
     def _error(self, request: web.Request, code: int, message: str) -> web.Response:
@@ -711,31 +805,76 @@ class KubeApiServer:
         return web.json_response(self._with_kind(self._commit(uid, pod)))
 
     @staticmethod
-    def _with_kind(pod: dict) -> dict:
-        return {"kind": "Pod", "apiVersion": "v1", **pod}
+    def _with_kind(obj: dict, kind: str = "Pod") -> dict:
+        return {"kind": kind, "apiVersion": "v1", **obj}
 
-    async def _pods_handler(self, request: web.Request) -> web.StreamResponse:
+    def _list_handler(self, plural: str) -> Callable:
+        """GET /api/v1/<plural> and /api/v1/namespaces/{namespace}/<plural>: list or watch."""
+        res = self._resources[plural]
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            q = request.query
+            try:
+                by_field = parse_field_selector(q.get("fieldSelector", ""))
+                by_label = parse_label_selector(q.get("labelSelector", ""))
+            except SelectorError as exc:
+                return self._error(request, 400, str(exc))
+            ns = request.match_info.get("namespace")
+
+            def matches(obj: dict | None) -> bool:
+                return (obj is not None and (ns is None or obj["metadata"]["namespace"] == ns)
+                        and by_field(obj) and by_label(obj))
+
+            if request[LOG_KEY].watch:
+                return await self._watch(request, matches, res)
+            return self._list(request, matches, res)
+        return handler
+
+    def _list(self, request: web.Request, matches: Callable[[dict | None], bool],
+              res: _Resource) -> web.Response:
+        """A list, or one page of it (limit / continue) from a snapshot of the first page."""
         q = request.query
         try:
-            by_field = parse_field_selector(q.get("fieldSelector", ""))
-            by_label = parse_label_selector(q.get("labelSelector", ""))
-        except SelectorError as exc:
-            return self._error(request, 400, str(exc))
-        ns = request.match_info.get("namespace")
-
-        def matches(pod: dict | None) -> bool:
-            return (pod is not None and (ns is None or pod["metadata"]["namespace"] == ns)
-                    and by_field(pod) and by_label(pod))
-
-        if request[LOG_KEY].watch:
-            return await self._watch(request, matches)
-        items = [self._serve_copy(p) for p in self._pods.values() if matches(p)]
+            limit = int(q.get("limit") or 0)
+            if limit < 0:
+                raise ValueError
+        except ValueError:
+            return self._error(request, 400, f"invalid limit {q.get('limit')!r}")
+        token = q.get("continue", "")
+        if token:
+            if q.get("resourceVersion"):
+                return self._error(request, 400, "specifying resource version is not "
+                                   "allowed when using continue")
+            try:
+                decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+                sid, offset = int(decoded["snapshot"]), int(decoded["offset"])
+            except (ValueError, KeyError, TypeError):
+                return self._error(request, 400, f"invalid continue token {token!r}")
+            if sid not in self._snapshots:
+                return self._error(request, 410, "The provided continue parameter is too old "
+                                   "to display a consistent list result. You can start a new "
+                                   "list without the continue parameter.")
+            rv, items = self._snapshots[sid]
+        else:
+            sid, offset, rv = None, 0, self._rv
+            items = [self._serve_copy(o) for o in res.objects.values() if matches(o)]
+        metadata: dict[str, Any] = {"resourceVersion": str(rv)}
+        end = offset + limit if limit else len(items)
+        if end < len(items):
+            if sid is None:
+                sid, self._next_snapshot = self._next_snapshot, self._next_snapshot + 1
+                self._snapshots[sid] = (rv, items)
+            metadata["continue"] = base64.urlsafe_b64encode(json.dumps(
+                {"rv": rv, "snapshot": sid, "offset": end}).encode()).decode()
+            metadata["remainingItemCount"] = len(items) - end
+        elif sid is not None:
+            del self._snapshots[sid]          # the last page: the token is spent
         request[LOG_KEY].status = 200
-        return web.json_response({"kind": "PodList", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion": str(self._rv)},
-                                  "items": items})
+        return web.json_response({"kind": f"{res.kind}List", "apiVersion": "v1",
+                                  "metadata": metadata, "items": items[offset:end]})
 
-    async def _watch(self, request: web.Request, matches: Callable[[dict | None], bool]):
+    async def _watch(self, request: web.Request, matches: Callable[[dict | None], bool],
+                     res: _Resource):
         q = request.query
         rv_text = q.get("resourceVersion", "")
         try:
@@ -762,12 +901,12 @@ class KubeApiServer:
         # Backlog and subscription with no await in between: no event can slip through.
         queue: asyncio.Queue = asyncio.Queue()
         if since is None:
-            backlog = [(self._rv, None, p, p) for p in self._pods.values() if matches(p)]
+            backlog = [(self._rv, None, o, o) for o in res.objects.values() if matches(o)]
         else:
-            backlog = [change for change in self._history if change[0] > since]
+            backlog = [change for change in res.history if change[0] > since]
         for item in backlog:
             queue.put_nowait(item)
-        self._watches[id(queue)] = (queue, request)
+        res.watches[id(queue)] = (queue, request)
         try:
             while True:
                 wait = self.bookmark_interval if bookmarks else None
@@ -780,8 +919,8 @@ class KubeApiServer:
                     item = await asyncio.wait_for(queue.get(), wait)
                 except asyncio.TimeoutError:
                     if bookmarks and (deadline is None or time.monotonic() < deadline):
-                        await send("BOOKMARK", {"kind": "Pod", "apiVersion": "v1", "metadata": {
-                            "resourceVersion": str(self._rv)}})
+                        await send("BOOKMARK", {"kind": res.kind, "apiVersion": "v1",
+                                                "metadata": {"resourceVersion": str(self._rv)}})
                     continue
                 if item is _STOP:
                     break
@@ -795,9 +934,9 @@ class KubeApiServer:
                 kind = ("MODIFIED" if was and now else "ADDED" if now
                         else "DELETED" if was else None)
                 if kind:
-                    await send(kind, self._with_kind(self._serve_copy(obj)))
+                    await send(kind, self._with_kind(self._serve_copy(obj), res.kind))
         finally:
-            del self._watches[id(queue)]
+            del res.watches[id(queue)]
         if request.transport is not None and not request.transport.is_closing():
             await resp.write_eof()
         return resp

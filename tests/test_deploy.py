@@ -233,9 +233,9 @@ def test_daemonset_mounts():
 
 # --------------------------------------------------------------------------- RBAC, Service
 
-def test_rbac_is_get_list_watch_on_pods_only():
+def test_rbac_is_get_list_watch_on_pods_and_services_only():
     role = BASE["ClusterRole"]
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"],
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods", "services"],
                               "verbs": ["get", "list", "watch"]}]
     binding = BASE["ClusterRoleBinding"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",

@@ -4,7 +4,8 @@ Runs in the normal suite on this machine's kernel, and inside a qemu guest on ea
 Debian's kernels (tests/test_kernel_matrix.py boots them with scripts/kmatrix/vm-run). One
 exporter start with the default flags for the whole module (everything runs slowly under
 emulation), then exact counts: network bytes and packets against the veth's
-own counters, N syscalls of a pod's container, execs, TCP connects and failures, drops
+own counters, N syscalls of a pod's container, execs, TCP connects and failures (and by
+peer), drops
 where the kernel has drop reasons, and a SIGTERM that leaves nothing attached.
 
 What the kernel lacks is taken from its version here, not from podsnoop's own feature
@@ -43,7 +44,10 @@ CALLS = names.SYSCALLS + "_total"
 EXECS = names.EXECS + "_total"
 LATENCY_COUNT = names.SYSCALL_DURATION + "_count"
 GETPPID = "import os, sys\nfor _ in range(int(sys.argv[1])): os.getppid()"
-COLLECTORS = ("network", "syscalls", "exec", "tcp", "drops")
+COLLECTORS = ("network", "syscalls", "exec", "tcp", "dns", "peers", "drops")
+PEER_CONNECTS = names.PEER_TCP_CONNECTS + "_total"
+PEER_FAILURES = names.PEER_TCP_CONNECT_FAILURES + "_total"
+NODE_PEER = {"peer_network": names.PEER_NODE}
 
 
 def bpf_program_ids() -> set[int]:
@@ -155,6 +159,9 @@ def test_tcp_connects_and_a_failure_counted_exactly(exporter, pod):
         connect(pod, server.getsockname()[1], 4)
         m1 = exporter.metrics()
     assert histogram(m1, pod)["count"] - histogram(m0, pod)["count"] == 4
+    # the host's address is the node: the peer of every one of them
+    assert (m1.value(PEER_CONNECTS, pod_uid=pod.uid, **NODE_PEER)
+            - m0.value(PEER_CONNECTS, pod_uid=pod.uid, **NODE_PEER)) == 4
     with socket.socket() as s:
         s.bind((pod.host_ip, 0))
         closed = s.getsockname()[1]
@@ -164,6 +171,8 @@ def test_tcp_connects_and_a_failure_counted_exactly(exporter, pod):
     assert r.stdout.strip() == "refused"
     m2 = exporter.metrics()
     assert m2.value(FAILURES, pod_uid=pod.uid) - m1.value(FAILURES, pod_uid=pod.uid) == 1
+    assert (m2.value(PEER_FAILURES, pod_uid=pod.uid, **NODE_PEER)
+            - m1.value(PEER_FAILURES, pod_uid=pod.uid, **NODE_PEER)) == 1
 
 
 def test_drops_counted_exactly_where_the_kernel_names_them(exporter, pod):
