@@ -190,7 +190,7 @@ def test_links_go_away_with_the_exporter_even_on_sigkill(pods):
     base = (attached_programs(root, BPF_CGROUP_INET_INGRESS),
             attached_programs(root, BPF_CGROUP_INET_EGRESS))
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        proc = run_exporter(pods, "--container-network", "on", "--dns", "off")
+        proc = run_exporter(pods, "--container-network", "on", "--dns", "off", "--peers", "off")
         try:
             assert prog_types(proc.proc.pid).count(BPF_PROG_TYPE_CGROUP_SKB) == 2
             assert (attached_programs(root, BPF_CGROUP_INET_INGRESS),
@@ -204,7 +204,7 @@ def test_links_go_away_with_the_exporter_even_on_sigkill(pods):
 
 
 def test_container_network_off_by_default_loads_no_program(pods):
-    proc = run_exporter(pods, "--dns", "off")  # DNS's cgroup_skb programs are on by default
+    proc = run_exporter(pods, "--dns", "off", "--peers", "off")  # both on by default, cgroup_skb too
     try:
         assert BPF_PROG_TYPE_CGROUP_SKB not in prog_types(proc.proc.pid)
         assert attached_programs(str(pods.kubepods), BPF_CGROUP_INET_EGRESS) == 0

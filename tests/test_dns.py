@@ -360,7 +360,7 @@ def test_dns_self_metrics_and_collector(exporter, server, client):
 def test_dns_off_loads_no_program(pods):
     root = str(pods.kubepods)
     base = attached_programs(root, BPF_CGROUP_INET_EGRESS)
-    proc = run_exporter(pods, "--dns", "off")
+    proc = run_exporter(pods, "--dns", "off", "--peers", "off")  # peers' are cgroup_skb too
     try:
         assert BPF_PROG_TYPE_CGROUP_SKB not in prog_types(proc.proc.pid)
         assert attached_programs(root, BPF_CGROUP_INET_EGRESS) == base
@@ -380,7 +380,7 @@ def test_links_go_away_with_the_exporter_even_on_sigkill(pods):
     root = str(pods.kubepods)
     base = attached(root)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        proc = run_exporter(pods)  # DNS on by default, container network off
+        proc = run_exporter(pods, "--peers", "off")  # DNS on by default, container network off
         try:
             assert prog_types(proc.proc.pid).count(BPF_PROG_TYPE_CGROUP_SKB) == 2
             assert attached(root) == (base[0] + 1, base[1] + 1)
@@ -403,9 +403,10 @@ def test_refused_dns_program_turns_off_dns_alone(pods, tmp_path):
         m = proc.metrics()
         assert m.series(names.COLLECTOR_DISABLED) == [
             {"collector": "dns", "reason": "verifier refused"}]
-        for other in ("network", "syscalls", "exec", "tcp", "drops"):
+        for other in ("network", "syscalls", "exec", "tcp", "peers", "drops"):
             assert m.value(names.COLLECTOR_UP, collector=other) == 1, other
-        assert BPF_PROG_TYPE_CGROUP_SKB not in prog_types(proc.proc.pid)
+        # the two cgroup_skb programs left are the peers'
+        assert prog_types(proc.proc.pid).count(BPF_PROG_TYPE_CGROUP_SKB) == 2
         lines = warnings_about(proc.output(), "dns")
         assert len(lines) == 1 and "(--dns off silences this)" in lines[0], proc.output()
     finally:

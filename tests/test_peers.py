@@ -11,6 +11,7 @@ test_peers_kube.py.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import threading
@@ -19,7 +20,12 @@ import pytest
 
 from exporter import names
 from conftest import run_exporter
-from test_dns import route_between
+from test_container_net import BPF_PROG_TYPE_CGROUP_SKB
+from test_degrade import refusing_objects, warnings_about
+from test_degrade import exporter as degraded_exporter
+from test_dns import attached, route_between
+from test_exec import prog_types
+from test_network import wait_for
 
 BYTES, PACKETS = names.PEER_BYTES + "_total", names.PEER_PACKETS + "_total"
 CONNECTS = names.PEER_TCP_CONNECTS + "_total"
@@ -268,5 +274,57 @@ def test_top_n_per_pod_and_the_series_cap(factory, many):
                                          ("receive", net("sink")): V4 + REPLY,
                                          ("transmit", net("other")): V4 + 500}
         assert proc.metrics().value(CAP, collector="peers") > cap0
+    finally:
+        assert proc.stop() == 0, proc.output()
+
+
+# -- off, exit, refusal ------------------------------------------------------------------
+
+
+def test_peers_off_loads_no_program(factory):
+    root = str(factory.kubepods)
+    base = attached(root)
+    proc = run_exporter(factory, "--peers", "off", "--dns", "off")
+    try:
+        assert BPF_PROG_TYPE_CGROUP_SKB not in prog_types(proc.proc.pid)
+        assert attached(root) == base
+        m = proc.metrics()
+        assert not m.series(BYTES) and not m.series(CONNECTS)
+        assert not m.series(names.SCRAPE_COLLECTOR_SUCCESS, collector="peers")
+        assert not m.series(names.BPF_MAP_ENTRIES, map="peer_addrs")
+    finally:
+        assert proc.stop() == 0
+
+
+def test_links_go_away_with_the_exporter_even_on_sigkill(factory):
+    root = str(factory.kubepods)
+    base = attached(root)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = run_exporter(factory, "--dns", "off")  # peers on by default
+        try:
+            assert prog_types(proc.proc.pid).count(BPF_PROG_TYPE_CGROUP_SKB) == 2
+            assert attached(root) == (base[0] + 1, base[1] + 1)
+            assert proc.metrics().value(names.COLLECTOR_UP, collector="peers") == 1
+        finally:
+            proc.stop(sig)
+        wait_for(lambda: attached(root) == base, what=f"the links to be gone after {sig.name}")
+
+
+def test_refused_peers_program_turns_off_peers_alone(factory, tmp_path):
+    objects = refusing_objects(tmp_path, "peers.bpf.c")
+    proc = degraded_exporter(factory, objects).start(wait_ready=180)
+    try:
+        status, body = proc.get("/readyz")
+        assert status == 200, body
+        assert "degraded: collectors: off: peers (verifier refused)" in body, body
+        m = proc.metrics()
+        assert m.series(names.COLLECTOR_DISABLED) == [
+            {"collector": "peers", "reason": "verifier refused"}]
+        for other in ("network", "syscalls", "exec", "tcp", "dns", "drops"):
+            assert m.value(names.COLLECTOR_UP, collector=other) == 1, other
+        assert not m.series(BYTES)
+        lines = warnings_about(proc.output(), "peers")
+        assert len(lines) == 1 and "(--peers off silences this)" in lines[0], proc.output()
+        assert "refused_read of peers.bpf.o" in lines[0], lines[0]
     finally:
         assert proc.stop() == 0, proc.output()
