@@ -216,7 +216,11 @@ def heatmap(title: str, description: str, targets: list[dict], unit: str, *, w: 
 
 
 def table(title: str, description: str, targets: list[dict], *, w: int = 12,
-          h: int = 6) -> dict:
+          h: int = 6, columns: Mapping[str, str] | None = None) -> dict:
+    """A table of instant queries; with several, their rows merged on the labels, each
+    query's value a column (`columns`: "Value #A" -> its header)."""
+    merge = [{"id": "merge", "options": {}}] if len(targets) > 1 else []
+    organize = {"excludeByName": {"Time": True}, "renameByName": dict(columns or {})}
     return {
         "type": "table",
         "title": title,
@@ -229,7 +233,7 @@ def table(title: str, description: str, targets: list[dict], *, w: int = 12,
                     "footer": {"countRows": False, "fields": "", "reducer": ["sum"],
                                "show": False}},
         "targets": _targets(targets),
-        "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        "transformations": merge + [{"id": "organize", "options": organize}],
         "_size": (w, h),
     }
 
@@ -347,6 +351,10 @@ CONTAINER_LEGEND = "{{namespace}}/{{pod}}/{{container}}"
 POD_KEYS = (NAMESPACE, POD)
 CONTAINER_KEYS = (NAMESPACE, POD, CONTAINER)
 WORKLOAD_LEGEND = "{{namespace}}/{{workload_kind}}/{{workload}}"
+PEER_LEGEND = ("{{peer_namespace}}/{{peer_workload}}{{peer_service}}{{peer_network}}")
+PEER_NOTE = ("A peer is named by one label of four: peer_namespace + peer_workload (a pod), "
+             "peer_namespace + peer_service (a ClusterIP), or peer_network (node, a "
+             "--peer-cidrs name, world, other).")
 WORKLOAD_NOTE = ("Pods are grouped by their controller (podsnoop_pod_info's workload_kind "
                  "and workload: a Deployment, StatefulSet, DaemonSet, CronJob, Job; empty "
                  "for bare pods); pods without podsnoop_pod_info (--kube off) are left out.")
@@ -366,6 +374,12 @@ def network_dashboard() -> dict:
         a = sum_by(keys, f"{fn}({sel(rx, *f)}[{window}])")
         b = sum_by(keys, f"{fn}({sel(tx, *f)}[{window}])")
         return f"({a} + {b}) or {a} or {b}"
+
+    def peer_rate(metric: str, direction: str | None = None, window: str = RANGE) -> str:
+        """Per pod and peer (and one direction), for by_workload."""
+        matchers = f + ((q.eq(DIRECTION, direction),) if direction else ())
+        return sum_by((NAMESPACE, q.POD_UID) + q.PEER_KEYS, rate(sel(metric, *matchers),
+                                                                window))
 
     pod_var = label_values(sel(q.NET_RX_BYTES, var(NAMESPACE)), POD)
     ns_var = label_values(q.NET_RX_BYTES, NAMESPACE)
@@ -484,6 +498,36 @@ def network_dashboard() -> dict:
                    "cluster suffix is tried first); a change is what to look at.",
                    [target(dns_rcode_ratio(("NXDOMAIN",), f, RATE), POD_LEGEND)],
                    "percentunit", max_=1),
+        row("Peers"),
+        table("Service map: who talks to whom",
+              "Each workload's peers over the dashboard's time range (bytes per second, "
+              "connects per second): another pod's workload, a Service (connects to its "
+              "ClusterIP), the node, a --peer-cidrs network, world, or other (beyond the "
+              f"pod's --peer-top). {PEER_NOTE} Pods without podsnoop_pod_info (--kube off) "
+              "are not listed; the panels below show them by pod.",
+              [target(f"sort_desc({by_workload(peer_rate(q.PEER_BYTES, q.RECEIVE), q.PEER_KEYS)})",
+                      instant=True, fmt="table"),
+               target(by_workload(peer_rate(q.PEER_BYTES, q.TRANSMIT), q.PEER_KEYS),
+                      instant=True, fmt="table"),
+               target(by_workload(peer_rate(q.PEER_TCP_CONNECTS), q.PEER_KEYS),
+                      instant=True, fmt="table"),
+               target(by_workload(peer_rate(q.PEER_TCP_CONNECT_FAILURES), q.PEER_KEYS),
+                      instant=True, fmt="table")],
+              w=24, h=10, columns={"Value #A": "receive B/s", "Value #B": "transmit B/s",
+                                   "Value #C": "connects/s", "Value #D": "failed connects/s"}),
+        timeseries("Bandwidth by pod and peer",
+                   "Bytes per second between each pod and each of its peers, by direction "
+                   f"(the pod's). {PEER_NOTE}",
+                   [target(sum_by(POD_KEYS + (DIRECTION,) + q.PEER_KEYS,
+                                  rate(sel(q.PEER_BYTES, *f), RATE)),
+                           f"{POD_LEGEND} {{{{direction}}}} {PEER_LEGEND}")], "Bps"),
+        timeseries("TCP connect failure ratio by pod and peer",
+                   "Failed / (failed + established) connects of each pod to each peer: "
+                   "which Service or workload a pod fails to reach (PodsnoopTcpConnectFailuresHigh "
+                   "fires per pod).",
+                   [target(peer_connect_failure_ratio(f, RATE), f"{POD_LEGEND} {PEER_LEGEND}")],
+                   "percentunit", max_=1,
+                   thresholds=[(None, "green"), (TCP_CONNECT_FAILURE_RATIO_THRESHOLD, "red")]),
         row("Traffic by container"),
         timeseries("Receive bandwidth by container",
                    "IP bytes per second received by each container's sockets (with "
@@ -718,6 +762,15 @@ def tcp_connect_failure_ratio(matchers: tuple[str, ...], window: str,
     failed (no histogram increase: the `or ... * 0` keeps it)."""
     failed = sum_by(keys, rate(sel(q.TCP_CONNECT_FAILURES, *matchers), window))
     done = sum_by(keys, rate(sel(q.TCP_CONNECT_DURATION_COUNT, *matchers), window))
+    return f"{failed}\n/\n({failed}\n + ({done} or {failed} * 0))"
+
+
+def peer_connect_failure_ratio(matchers: tuple[str, ...], window: str,
+                               keys: tuple[str, ...] = POD_KEYS + q.PEER_KEYS) -> str:
+    """Failed / (failed + established) connects per pod and peer; 1 for a peer every
+    connect to which failed."""
+    failed = sum_by(keys, rate(sel(q.PEER_TCP_CONNECT_FAILURES, *matchers), window))
+    done = sum_by(keys, rate(sel(q.PEER_TCP_CONNECTS, *matchers), window))
     return f"{failed}\n/\n({failed}\n + ({done} or {failed} * 0))"
 
 

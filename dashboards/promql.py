@@ -109,6 +109,16 @@ DNS_DURATION_SUM = names.DNS_REQUEST_DURATION + "_sum"
 DNS_DURATION_COUNT = names.DNS_REQUEST_DURATION + "_count"
 # rcodes that mean the resolver failed the client (not an answer about the name)
 DNS_FAILURE_RCODES = names.DNS_FAILURE_RCODES
+# Peers per pod (issue 21): who the other end is, one of four labels set.
+PEER_NAMESPACE = _label("peer_namespace", names.PEER_ID_LABELS)
+PEER_WORKLOAD = _label("peer_workload", names.PEER_ID_LABELS)
+PEER_SERVICE = _label("peer_service", names.PEER_ID_LABELS)
+PEER_NETWORK = _label("peer_network", names.PEER_ID_LABELS)
+PEER_KEYS = (PEER_NAMESPACE, PEER_WORKLOAD, PEER_SERVICE, PEER_NETWORK)
+PEER_BYTES = total(names.PEER_BYTES)
+PEER_PACKETS = total(names.PEER_PACKETS)
+PEER_TCP_CONNECTS = total(names.PEER_TCP_CONNECTS)
+PEER_TCP_CONNECT_FAILURES = total(names.PEER_TCP_CONNECT_FAILURES)
 BPF_PROGRAM_RUN_SECONDS = total(names.BPF_PROGRAM_RUN_SECONDS)
 BPF_PROGRAM_RUNS = total(names.BPF_PROGRAM_RUNS)
 BPF_STATS_ENABLED = names.BPF_STATS_ENABLED
@@ -128,6 +138,7 @@ EXPORTED = frozenset({
     TCP_CONNECT_DURATION_COUNT, TCP_CONNECT_FAILURES, TCP_RETRANSMITS,
     CNET_RX_BYTES, CNET_TX_BYTES, CNET_RX_PACKETS, CNET_TX_PACKETS,
     DNS_REQUESTS, DNS_DURATION_BUCKET, DNS_DURATION_SUM, DNS_DURATION_COUNT,
+    PEER_BYTES, PEER_PACKETS, PEER_TCP_CONNECTS, PEER_TCP_CONNECT_FAILURES,
     BPF_PROGRAM_RUN_SECONDS, BPF_PROGRAM_RUNS, BPF_STATS_ENABLED, BPF_STATS_ON_SECONDS,
     NODE_CPUS,
 })
@@ -159,13 +170,13 @@ def rate(selector: str, window: str) -> str:
     return f"rate({selector}[{window}])"
 
 
-def by_workload(per_pod_uid: str) -> str:
-    """A per-pod expression (aggregated `by (namespace, pod_uid)`) summed per workload:
-    joined on pod_uid with podsnoop_pod_info's workload_kind and workload. Pods without
-    pod_info (--kube off) drop out of the join."""
+def by_workload(per_pod_uid: str, keep: tuple[str, ...] = ()) -> str:
+    """A per-pod expression (aggregated `by (namespace, pod_uid, *keep)`) summed per
+    workload (and `keep`): joined on pod_uid with podsnoop_pod_info's workload_kind and
+    workload. Pods without pod_info (--kube off) drop out of the join."""
     info = (f"max by ({POD_UID}, {WORKLOAD_KIND}, {WORKLOAD}) "
             f"({POD_INFO})")
-    return (f"sum by ({', '.join(WORKLOAD_KEYS)}) (\n  {per_pod_uid}\n"
+    return (f"sum by ({', '.join(WORKLOAD_KEYS + keep)}) (\n  {per_pod_uid}\n"
             f"  * on ({POD_UID}) group_left ({WORKLOAD_KIND}, {WORKLOAD})\n  {info}\n)")
 
 

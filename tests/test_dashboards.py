@@ -357,6 +357,17 @@ def _openmetrics(end: int) -> str:
                          (lambda i: 0.05 * STEP * i)))
     family(names.DNS_REQUEST_DURATION, "histogram", dns_hist)
 
+    # web-1 talks to db-0's workload, to a Service and to the world; db-0 answers web
+    def peer(ns="", workload="", service="", network=""):
+        return dict(zip(q.PEER_KEYS, (ns, workload, service, network)))
+    talks = [(("shop", "web-1"), peer("shop", "db"), 800), (("shop", "web-1"),
+              peer("shop", service="db"), 300), (("shop", "web-1"), peer(network="world"), 50),
+             (("shop", "db-0"), peer("shop", "web"), 700)]
+    for base, scale in ((names.PEER_BYTES, 1), (names.PEER_PACKETS, 0.01)):
+        counter(base, [(pod(*who, **{q.DIRECTION: d}, **whom), r * scale)
+                       for who, whom, r in talks for d in (q.RECEIVE, q.TRANSMIT)])
+    counter(names.PEER_TCP_CONNECTS, [(pod(*who, **whom), 2) for who, whom, _ in talks[:2]])
+    counter(names.PEER_TCP_CONNECT_FAILURES, [(pod(*talks[1][0], **talks[1][1]), 0.5)])
     family(q.POD_INFO, "gauge", [(q.POD_INFO, pod(ns, p, node="node-a", **{
         q.WORKLOAD_KIND: "Deployment", q.WORKLOAD: p.rsplit("-", 1)[0]}), 1)
                                  for ns, p in pods[:2]])
@@ -539,3 +550,24 @@ def test_workload_panels_sum_pods_joined_through_pod_info(prom):
                                           ("shop", "Deployment", "db"): per_pod[("db-0",)]})
     calls = instant("Syscalls by workload", q.WORKLOAD_KEYS)
     assert set(calls) == {("shop", "Deployment", "web"), ("shop", "Deployment", "db")}
+
+
+def test_service_map_names_each_workloads_peers_with_rates(prom):
+    """The service map's four queries, row by row: (workload, peer) -> receive, transmit,
+    connects and failed connects per second, as the synthetic series have them."""
+    pes = [pe for pe in gen.panel_exprs() if pe.panel == "Service map: who talks to whom"]
+    assert [pe.ref_id for pe in pes] == ["A", "B", "C", "D"] and all(pe.instant for pe in pes)
+    keys = (q.WORKLOAD,) + q.PEER_KEYS
+    got = [{tuple(s["metric"].get(k, "") for k in keys): float(s["value"][1])
+            for s in prom.instant(gen.substitute(pe.expr))["data"]["result"]} for pe in pes]
+    db, db_service = ("web", "shop", "db", "", ""), ("web", "shop", "", "db", "")
+    world, web = ("web", "", "", "", "world"), ("db", "shop", "web", "", "")
+    rates = {db: 800, db_service: 300, world: 50, web: 700}
+    assert got[0] == pytest.approx(rates) and got[1] == pytest.approx(rates)
+    assert got[2] == pytest.approx({db: 2, db_service: 2})
+    assert got[3] == pytest.approx({db_service: 0.5})
+    ratio = next(pe for pe in gen.panel_exprs()
+                 if pe.panel == "TCP connect failure ratio by pod and peer")
+    (sample,) = [s for s in prom.instant(gen.substitute(ratio.expr))["data"]["result"]
+                 if s["metric"].get(q.PEER_SERVICE) == "db"]
+    assert float(sample["value"][1]) == pytest.approx(0.5 / 2.5)

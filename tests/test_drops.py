@@ -168,7 +168,7 @@ def test_reason_names_are_the_kernels():
 
 
 def test_drops_off_loads_no_program(pods):
-    off = ("--syscalls", "off", "--exec", "off", "--tcp", "off")
+    off = ("--syscalls", "off", "--exec", "off", "--tcp", "off", "--peers", "off")
     proc = run_exporter(pods, *off, "--drops", "off")
     try:
         assert not {BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT} & set(

@@ -171,7 +171,8 @@ def test_exec_log_is_off_by_default(exporter):
 
 
 def test_exec_off_loads_no_program(pods, true_copy):
-    off = ("--syscalls", "off", "--tcp", "off", "--drops", "off", "--container-network", "off")
+    off = ("--syscalls", "off", "--tcp", "off", "--drops", "off", "--container-network", "off",
+           "--peers", "off")
     proc = run_exporter(pods, *off, "--exec", "off")
     try:
         assert not {BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT} & set(

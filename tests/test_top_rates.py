@@ -200,3 +200,25 @@ def test_dns_requests_failure_share_and_p99():
     assert r.dns_failures == 4 / 20
     assert r.dns_p99 == pytest.approx(0.001 + 0.009 * (18 * 0.99 - 10) / 8)
     assert rows_of(text(), text())["shop/web-0"].dns_failures is None
+
+
+def test_top_peer_is_the_interval_s_biggest_both_ways():
+    """TOP PEER: bytes of both directions summed per peer, over the interval (not the total:
+    the peer with the biggest counter sent nothing in between)."""
+    lab = 'namespace="shop",pod="web-0",pod_uid="u1"'
+
+    def peers(world, back_rx, back_tx, svc):
+        return ("# TYPE podsnoop_peer_bytes_total counter\n"
+                f'podsnoop_peer_bytes_total{{{lab},direction="receive",peer_namespace="",'
+                f'peer_workload="",peer_service="",peer_network="world"}} {world}\n'
+                f'podsnoop_peer_bytes_total{{{lab},direction="receive",peer_namespace="shop",'
+                f'peer_workload="back",peer_service="",peer_network=""}} {back_rx}\n'
+                f'podsnoop_peer_bytes_total{{{lab},direction="transmit",peer_namespace="shop",'
+                f'peer_workload="back",peer_service="",peer_network=""}} {back_tx}\n'
+                f'podsnoop_peer_bytes_total{{{lab},direction="transmit",peer_namespace="shop",'
+                f'peer_workload="",peer_service="db",peer_network=""}} {svc}\n')
+    a = peers(10_000, 0, 0, 0)
+    assert rows_of(a, peers(10_000, 300, 300, 500))["shop/web-0"].top_peer == "shop/back"
+    assert rows_of(a, peers(10_000, 100, 100, 500))["shop/web-0"].top_peer == "svc shop/db"
+    assert rows_of(a, peers(10_400, 100, 100, 300))["shop/web-0"].top_peer == "world"
+    assert rows_of(a, a)["shop/web-0"].top_peer == ""

@@ -40,6 +40,7 @@ DROPS = names.NET_DROPS + "_total"
 EXECS = names.EXECS + "_total"
 DNS_REQUESTS = names.DNS_REQUESTS + "_total"
 DNS_BUCKET = names.DNS_REQUEST_DURATION + "_bucket"
+PEER_BYTES = names.PEER_BYTES + "_total"
 
 # Counter column -> sample name whose per-pod increase / seconds is the column's value.
 COUNTER_COLUMNS = {
@@ -49,7 +50,7 @@ COUNTER_COLUMNS = {
     "retransmits": RETRANSMITS, "drops": DROPS, "execs": EXECS, "dns": DNS_REQUESTS,
 }
 WANTED = set(COUNTER_COLUMNS.values()) | {SYSCALL_ERRORS, SYSCALL_BUCKET, CONNECT_BUCKET,
-                                          DNS_BUCKET}
+                                          DNS_BUCKET, PEER_BYTES}
 
 
 @dataclass
@@ -139,11 +140,23 @@ class PodRow:
     dns: float = 0.0                     # DNS requests per second (answered or timed out)
     dns_failures: float | None = None    # names.DNS_FAILURE_RCODES / all, in the interval
     dns_p99: float | None = None         # seconds
+    top_peer: str = ""                   # the peer with the most bytes in the interval
     _drop_reasons: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
         return f"{self.namespace}/{self.pod}" if self.namespace else self.pod
+
+
+def peer_name(labels: Labels) -> str:
+    """A peer series' other end, short: "ns/workload", "svc ns/name", or the network's name
+    (node, world, other, a --peer-cidrs name)."""
+    ns, workload, service, network = (dict(labels).get(k, "") for k in names.PEER_ID_LABELS)
+    if workload:
+        return f"{ns}/{workload}"
+    if service:
+        return f"svc {ns}/{service}"
+    return network or "-"
 
 
 def pod_rates(a: Scrape, b: Scrape, q: float = 0.99) -> tuple[list[PodRow], float]:
@@ -173,6 +186,12 @@ def pod_rates(a: Scrape, b: Scrape, q: float = 0.99) -> tuple[list[PodRow], floa
                 r._drop_reasons[reason] = r._drop_reasons.get(reason, 0.0) + inc
             if column == "dns" and dict(labels).get("rcode") in names.DNS_FAILURE_RCODES:
                 dns_failed[pod_key(labels)] += inc
+    peer_bytes: dict[PodKey, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for labels, inc in increases(a, b, PEER_BYTES).items():
+        if (key := pod_key(labels)) is not None:
+            row(labels)
+            if inc:
+                peer_bytes[key][peer_name(labels)] += inc   # both directions
     errors: dict[PodKey, float] = defaultdict(float)
     for labels, inc in increases(a, b, SYSCALL_ERRORS).items():
         if (key := pod_key(labels)) is not None:
@@ -197,6 +216,8 @@ def pod_rates(a: Scrape, b: Scrape, q: float = 0.99) -> tuple[list[PodRow], floa
             setattr(r, column, quantile(q, per_pod.get(key, {})))
         if r._drop_reasons:
             r.drop_reason = max(sorted(r._drop_reasons), key=r._drop_reasons.__getitem__)
+        if peers := peer_bytes.get(key):
+            r.top_peer = max(sorted(peers), key=peers.__getitem__)
         for column in COUNTER_COLUMNS:
             setattr(r, column, getattr(r, column) / seconds)
     return list(rows.values()), seconds
@@ -204,7 +225,7 @@ def pod_rates(a: Scrape, b: Scrape, q: float = 0.99) -> tuple[list[PodRow], floa
 
 # Sorting: text columns ascending, figures descending (biggest first, like top), "no value"
 # (None) last either way.
-TEXT_COLUMNS = ("pod", "drop_reason")
+TEXT_COLUMNS = ("pod", "drop_reason", "top_peer")
 
 
 def sort_rows(rows: list[PodRow], column: str, reverse: bool = False) -> list[PodRow]:

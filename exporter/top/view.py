@@ -11,7 +11,7 @@ from rich.text import Text
 
 from .rates import PodRow
 
-WIDE_MIN_WIDTH = 170   # below this many columns the narrow layout is used
+WIDE_MIN_WIDTH = 190   # below this many columns the narrow layout is used
 
 
 def si(v: float | None) -> str:
@@ -77,6 +77,8 @@ COLUMNS = (
     Column("dns_failures", "DNSF%", percent,
            "share of DNS requests that got SERVFAIL or REFUSED or timed out"),
     Column("dns_p99", "DNS p99", duration, "p99 DNS request latency"),
+    Column("top_peer", "TOP PEER", lambda v: v or "-",
+           "the peer with the most bytes (both ways): ns/workload, svc ns/name, or a network"),
 )
 BY_KEY = {c.key: c for c in COLUMNS}
 SORT_KEYS = tuple(c.key for c in COLUMNS)
@@ -86,7 +88,8 @@ NARROW = (
     ("rx_bytes", "tx_bytes"), ("rx_packets", "tx_packets"), ("syscalls", "errors"),
     ("syscall_p99", "execs"), ("connects", "connect_failures"), ("connect_p99", "retransmits"),
     ("dns", "dns_p99"), ("drops", "drop_reason"),
-)
+)   # (no room for DNSF% and TOP PEER at 80 columns: the wide layout has them)
+TEXT = ("pod", "drop_reason", "top_peer")   # left-aligned
 
 
 def cell(row: PodRow, key: str) -> str:
@@ -108,7 +111,7 @@ def table(rows: list[PodRow], sort: str, reverse: bool, narrow: bool) -> Table:
     if not narrow:
         for c in COLUMNS:
             t.add_column(_header(c.key, sort, reverse), no_wrap=True,
-                         justify="left" if c.key in ("pod", "drop_reason") else "right")
+                         justify="left" if c.key in TEXT else "right")
         for r in rows:
             t.add_row(*(cell(r, c.key) for c in COLUMNS))
         return t
@@ -118,8 +121,8 @@ def table(rows: list[PodRow], sort: str, reverse: bool, narrow: bool) -> Table:
     for top, bottom in NARROW:
         t.add_column(_header(top, sort, reverse) + Text("\n") + _header(bottom, sort, reverse),
                      no_wrap=True, overflow="ellipsis",
-                     justify="left" if bottom == "drop_reason" else "right",
-                     max_width=12 if bottom == "drop_reason" else None)
+                     justify="left" if bottom in TEXT else "right",
+                     max_width=12 if bottom in TEXT else None)
     for r in rows:
         name = f"{r.namespace}\n{r.pod}" if r.namespace else f"-\n{r.pod}"
         t.add_row(name, *(f"{cell(r, top)}\n{cell(r, bottom)}" for top, bottom in NARROW))
