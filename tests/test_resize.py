@@ -41,7 +41,7 @@ HOLD = 0.5
 # are kept: a wall-clock threshold here would fail on a busy machine).
 COMMAND_SECONDS = 2.0
 # Only what the resize tests need (the other programs are tested elsewhere; fewer compiles).
-LEAN = ("--syscalls", "off", "--tcp", "off", "--drops", "off", "--exec", "off")
+LEAN = ("--syscalls", "off", "--tcp", "off", "--drops", "off", "--exec", "off", "--peers", "off")
 
 
 @pytest.fixture(scope="module")

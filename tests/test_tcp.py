@@ -381,7 +381,7 @@ def test_retransmits_of_an_accepted_socket_count_for_the_pod(exporter, pod, impa
 
 
 def test_tcp_off_loads_no_program(pods):
-    off = ("--syscalls", "off", "--exec", "off", "--drops", "off")
+    off = ("--syscalls", "off", "--exec", "off", "--drops", "off", "--peers", "off")
     proc = run_exporter(pods, *off, "--tcp", "off")
     try:
         types = prog_types(proc.proc.pid)

@@ -18,3 +18,10 @@ int floor_tc(struct __sk_buff *skb)
 {
     return TC_ACT_UNSPEC;
 }
+
+// The socket path's floor (bench/socket_path.py): a cgroup_skb program that lets every
+// packet through, linked to the kubepods root as podsnoop's DNS and peer programs are.
+int floor_skb(struct __sk_buff *skb)
+{
+    return 1;
+}
