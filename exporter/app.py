@@ -372,8 +372,12 @@ async def run(cfg: Config) -> int:
             peer_table.sync()
             syncs += [peers_roots, peers_links, peer_table]
             # A sidecar may read only its own pod: its peers are CIDR names and world.
-            for w in [] if identity else start_peer_watchers(cfg, directory):
-                cleanups.append(w.stop)
+            peer_watchers = [] if identity else start_peer_watchers(cfg, directory)
+            cleanups += [w.stop for w in peer_watchers]
+            if peer_watchers:   # /readyz: "degraded: peers: services: HTTP 403 ..."
+                health.checks["peers"] = lambda ws=peer_watchers: "; ".join(
+                    f"{w.resource}: {w.state.removeprefix('degraded: ')}"
+                    for w in ws if w.state != "synced") or None
             collectors["peers"] = PeersCollector(
                 peers_bpf, resolver, labeler, cfg.grace_seconds, peer_table,
                 top=cfg.peer_top, series_cap=cfg.peer_series_cap)

@@ -22,7 +22,6 @@ from test_peers import (BYTES, CONNECTS, FAILURES, REPLY, TCP_PORT, V4, V6, delt
 
 NODE = "node-a"
 CLUSTER_IP, SERVICE_PORT = "10.96.77.7", 80
-ENTRIES = names.BPF_MAP_ENTRIES
 
 
 def workload(namespace: str, name: str) -> tuple:
@@ -44,6 +43,17 @@ def publish(api, pod, namespace: str, name: str, owner: tuple[str, str]) -> dict
     return api.add_pod(name, namespace, NODE, uid=pod.uid, owner=owner, labels=labels,
                        containers={c.name: c.id for c in pod.containers.values()},
                        pod_ips=[pod.pod_ip, pod.pod_ip6])
+
+
+def until_named(exporter, sender, op: list, viewer, seen: tuple) -> None:
+    """Send `op` (one datagram) from `sender` until `viewer`'s counters move under `seen`
+    ((direction, peer)): the exporter's address table has caught up with the API (its
+    lists, then its once-a-second write into the kernel)."""
+    def once() -> bool:
+        before = peer_values(exporter, viewer)
+        run(sender, [op])
+        return seen in delta(before, peer_values(exporter, viewer))
+    wait_for(once, interval=0.2, what=f"traffic counted under {seen}")
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +85,14 @@ def exporter(factory, api, pods):
     front, back = pods
     proc = run_exporter(factory, "--kube", "auto", "--kubeconfig", str(api.kubeconfig_path),
                         "--node-name", NODE)
-    # the two pods' four addresses, the Service's and the node's hostIP are in the table
-    wait_for(lambda: proc.metrics().value(ENTRIES, map="peer_addrs") >= 6,
-             what="the peer address table")
-    # neighbours resolved, both families, before anything is measured
-    assert run(front, [["udp", back.pod_ip, 1, 1], ["udp", back.pod_ip6, 1, 1]]) == [REPLY] * 2
+    # the pods' and the Service's addresses in the kernel's table (neighbours resolved on
+    # the way, both families) before anything is measured
+    wait_for(lambda: "ok: peers" in proc.get("/readyz")[1], what="the peer watchers' lists")
+    back_wl = workload("shop", "back")
+    for address in (back.pod_ip, back.pod_ip6):
+        until_named(proc, front, ["udp", address, 1, 1], front, ("transmit", back_wl))
+    until_named(proc, front, ["udp_only", CLUSTER_IP, 9999, 1, 1], front,
+                ("transmit", service("shop", "back")))
     yield proc
     assert proc.stop() == 0, proc.output()
 
@@ -133,12 +146,10 @@ def test_a_pod_gets_its_name_when_published_and_loses_it_when_deleted(
         return delta(before, peer_values(exporter, back))
 
     def named_after(change, before: tuple, after: tuple) -> None:
-        entries = exporter.metrics().value(ENTRIES, map="peer_addrs")
         assert back_sees_late(2) == {("receive", before): 2 * (V4 + 200),
                                      ("transmit", before): 2 * (V4 + REPLY)}
         change()
-        wait_for(lambda: exporter.metrics().value(ENTRIES, map="peer_addrs") != entries,
-                 what="the address table to follow the API")
+        until_named(exporter, late, ["udp", back.pod_ip, 1, 1], back, ("receive", after))
         assert back_sees_late(3) == {("receive", after): 3 * (V4 + 200),
                                      ("transmit", after): 3 * (V4 + REPLY)}
 
@@ -147,3 +158,33 @@ def test_a_pod_gets_its_name_when_published_and_loses_it_when_deleted(
                                                                         "late-6b7c4d")),
                 WORLD, late_wl)
     named_after(lambda: api.delete_pod(late.uid), late_wl, WORLD)
+
+
+def test_services_forbidden_is_degraded_on_readyz_and_pods_are_still_named(factory):
+    """RBAC without `services`: /readyz (still 200) says so, the log says what to grant,
+    once; pods keep their workload names."""
+    with KubeApiServer() as api:
+        a, b = factory.create(ipv6=True, name="rbac-a"), factory.create(ipv6=True, name="rbac-b")
+        route_between(a, b)
+        start_server(b)
+        publish(api, b, "shop", "back-0", ("StatefulSet", "back"))
+        api.fail_next(403, 1000, path="/api/v1/services")
+        proc = run_exporter(factory, "--kube", "auto", "--kubeconfig",
+                            str(api.kubeconfig_path), "--node-name", NODE)
+        try:
+            wait_for(lambda: "degraded: peers: services: HTTP 403" in proc.get("/readyz")[1],
+                     what="/readyz to report the refused Service list")
+            status, body = proc.get("/readyz")
+            assert status == 200 and "ok: kube" in body, body
+            until_named(proc, a, ["udp", b.pod_ip, 1, 1], a,
+                        ("transmit", workload("shop", "back")))
+            before = peer_values(proc, a)
+            assert run(a, [["udp", b.pod_ip, 2, 100]]) == [REPLY] * 2
+            assert delta(before, peer_values(proc, a)) == {
+                ("transmit", workload("shop", "back")): 2 * (V4 + 100),
+                ("receive", workload("shop", "back")): 2 * (V4 + REPLY)}
+            out = proc.output()
+            assert out.count("refused to list services") == 1, out
+            assert "deploy/clusterrole.yaml" in out
+        finally:
+            assert proc.stop() == 0, proc.output()
