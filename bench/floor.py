@@ -118,8 +118,8 @@ def main() -> None:
     loop = build_loop()
     configs = {"nothing attached": lambda f: Nothing(), "floor (empty programs)": Floor,
                "podsnoop": lambda f: Podsnoop(f, "--bpf-stats", "off"),
-               "podsnoop --syscall-latency-every 16": lambda f: Podsnoop(
-                   f, "--bpf-stats", "off", "--syscall-latency-every", "16"),
+               "podsnoop --syscall-latency-every 1": lambda f: Podsnoop(
+                   f, "--bpf-stats", "off", "--syscall-latency-every", "1"),
                "podsnoop --syscall-latency off": lambda f: Podsnoop(
                    f, "--bpf-stats", "off", "--syscall-latency", "off"),
                "podsnoop --bpf-stats on": lambda f: Podsnoop(f, "--bpf-stats", "on")}

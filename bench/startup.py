@@ -56,8 +56,8 @@ def log_times(text: str) -> tuple[float | None, float | None]:
     return first, ready
 
 
-def one_start(regex: str, timeout: float) -> dict:
-    proc = ExporterProcess("--kube", "off", "--interfaces", regex, "--log-level", "info")
+def one_start(regex: str, timeout: float, extra: tuple[str, ...] = ()) -> dict:
+    proc = ExporterProcess("--kube", "off", "--interfaces", regex, "--log-level", "info", *extra)
     wall0, t0 = time.time(), time.monotonic()
     proc.start(wait_ready=0)
     stat = ProcStat(proc.proc.pid)
@@ -85,20 +85,25 @@ def main() -> int:
     ap.add_argument("--pods", type=int, default=110)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--tc-attach", action="append", default=[], choices=["tcx", "clsact"],
+                    help="also start with this --tc-attach (repeatable), side by side")
     ap.add_argument("--write", action="store_true", help="replace this section of bench/RESULTS.md")
     args = ap.parse_args()
     graceful()
 
     factory = BatchPodFactory(prefix="bst")
-    configs = {f"{args.pods} pods": rf"{factory.tag}h\d+", "no pods": rf"{factory.tag}h-none"}
+    configs = {f"{args.pods} pods": (rf"{factory.tag}h\d+", ()),
+               "no pods": (rf"{factory.tag}h-none", ())}
+    for attach in args.tc_attach:
+        configs[f"{args.pods} pods {attach}"] = (rf"{factory.tag}h\d+", ("--tc-attach", attach))
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     try:
         t0 = time.monotonic()
         pods = factory.create_many(args.pods)
         print(f"{len(pods)} test pods made in {time.monotonic() - t0:.1f} s", flush=True)
         for rep in range(args.reps):
-            for name, regex in configs.items():
-                r = one_start(regex, args.timeout)
+            for name, (regex, extra) in configs.items():
+                r = one_start(regex, args.timeout, extra)
                 runs[name].append(r)
                 print(f"rep {rep + 1}/{args.reps} {name:9}: ready {r['ready_s']:.2f} s, "
                       f"attached {r['attached']:.0f}, VmHWM {r['hwm_mb']:.0f} MB, "

@@ -119,14 +119,17 @@ def test_network_bytes_and_packets_equal_the_veth_counters(exporter, pod):
 
 def test_getppid_calls_of_a_container_counted_exactly(exporter, pod):
     """The launcher (sh, ip netns exec, python's start) makes a fixed number of getppid
-    calls of its own: measured with 0 iterations, then exactly 3000 more. Every call also
-    lands once in the latency histogram (the task storage or, before 5.13, the per-thread
-    hash that pairs each exit with its entry)."""
+    calls of its own: measured with 0 iterations, then exactly 3000 more. One call in 16
+    lands in the latency histogram (the default --syscall-latency-every 16; the tick lives
+    in the task storage or, before 5.13, the per-thread hash that pairs each exit with its
+    entry), to within the one task's rounding."""
     container = pod.first_container
 
     def run(n: int) -> tuple[float, float, float]:
         m0 = exporter.metrics()
-        pod.exec(["python3", "-c", GETPPID, str(n)], timeout=600)
+        # Debian's interpreter by its path: a python3 shim on PATH forks shells, each
+        # rounding its own one-in-16 count down, which would loosen the bound below.
+        pod.exec(["/usr/bin/python3", "-c", GETPPID, str(n)], timeout=600)
         m1 = exporter.metrics()
         return tuple(m1.value(name, container_id=container.id, **labels)
                      - m0.value(name, container_id=container.id, **labels)
@@ -136,7 +139,8 @@ def test_getppid_calls_of_a_container_counted_exactly(exporter, pod):
     launcher = run(0)[0]
     getppid, every_call, timed = run(3000)
     assert getppid - launcher == 3000
-    assert timed == every_call >= 3000
+    assert every_call >= 3000
+    assert every_call // 16 - 2 <= timed <= every_call // 16 + 1, (timed, every_call)
 
 
 def test_execs_counted_exactly(exporter, pod, tmp_path):

@@ -87,19 +87,50 @@ def test_a_thread_that_moves_into_a_pod_is_counted_from_then_on(exporter, pod):
     assert calls(exporter, app, "getsid") - before == 123
 
 
-def test_latency_histogram_counts_each_call(exporter, pod):
+def timed_and_counted(proc, app, run) -> tuple[float, float]:
+    """The histogram's _count and all calls the container made while run() ran."""
+    m0 = proc.metrics()
+    run()
+    m1 = proc.metrics()
+    calls_added = sum(v for lab, v in m1.samples[CALLS] if lab["container_id"] == app.id) \
+        - sum(v for lab, v in m0.samples.get(CALLS, []) if lab["container_id"] == app.id)
+    timed = m1.value(HIST_COUNT, container_id=app.id) - m0.value(HIST_COUNT, container_id=app.id)
+    return timed, calls_added
+
+
+def test_latency_histogram_counts_each_call_with_every_1(pods):
+    """--syscall-latency-every 1 times every call: the histogram gains each call the
+    container made (to within a call or two at the edges of the window)."""
+    pod = pods.create(containers=("app",))
+    proc = run_exporter(pods, "--syscall-latency-every", "1")
+    try:
+        app = pod.containers["app"]
+        timed, calls_added = timed_and_counted(
+            proc, app, lambda: pod.exec([DEBIAN_PYTHON, "-c", GETSID, "2000"], container="app"))
+        assert calls_added > 2000
+        assert calls_added - 2 <= timed <= calls_added, (timed, calls_added)
+        m1 = proc.metrics()
+        buckets = [(float(lab["le"]), v)
+                   for lab, v in m1.samples[names.SYSCALL_DURATION + "_bucket"]
+                   if lab["container_id"] == app.id]
+        values = [v for _, v in sorted(buckets)]
+        assert values == sorted(values), "buckets must be cumulative"
+        assert values[-1] == m1.value(HIST_COUNT, container_id=app.id)
+        assert m1.value(names.SYSCALL_DURATION + "_sum", container_id=app.id) > 0
+    finally:
+        assert proc.stop() == 0, proc.output()
+
+
+def test_latency_histogram_by_default_times_one_call_in_16(exporter, pod):
+    """The default (--syscall-latency-every 16): a sixteenth of the calls, to within the one
+    task's rounding (see the every-4 test), while getsid's count stays exact."""
     app = pod.containers["app"]
-    m0 = exporter.metrics()
-    pod.exec(["python3", "-c", GETSID, "2000"], container="app")
-    m1 = exporter.metrics()
-    added = m1.value(HIST_COUNT, container_id=app.id) - m0.value(HIST_COUNT, container_id=app.id)
-    assert added >= 2000
-    buckets = [(float(lab["le"]), v) for lab, v in m1.samples[names.SYSCALL_DURATION + "_bucket"]
-               if lab["container_id"] == app.id]
-    values = [v for _, v in sorted(buckets)]
-    assert values == sorted(values), "buckets must be cumulative"
-    assert values[-1] == m1.value(HIST_COUNT, container_id=app.id)
-    assert m1.value(names.SYSCALL_DURATION + "_sum", container_id=app.id) > 0
+    before = calls(exporter, app, "getsid")
+    timed, calls_added = timed_and_counted(
+        exporter, app, lambda: pod.exec([DEBIAN_PYTHON, "-c", GETSID, "4000"], container="app"))
+    assert calls(exporter, app, "getsid") - before == 4000
+    assert calls_added > 4000, calls_added
+    assert calls_added // 16 - 2 <= timed <= calls_added // 16 + 1, (timed, calls_added)
 
 
 def test_top_n_bounds_series_and_keeps_totals(pods):
