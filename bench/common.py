@@ -443,3 +443,36 @@ def wait_ready_since(proc, t0: float, timeout: float) -> float:
             raise TimeoutError(f"not ready after {timeout} s:\n{proc.output()[-2000:]}")
         time.sleep(0.02)
     return time.monotonic() - t0
+
+
+def floor_ns_per_run(function: str, prog_type: str, attach, load) -> float:
+    """ns per run of an empty program of bpf/testing/floor.c (`function`, of bcc's
+    `prog_type`: "SCHED_CLS", "CGROUP_SKB")
+    while load() runs: attach(prog_fd) returns the link fds, closed afterwards. Needs the
+    kernel's run-time statistics on (bpfstats.RunTimeStats)."""
+    from exporter import bpfload
+    from exporter.bpfstats import run_stats
+    bpf = bpfload.compile_program("testing/floor", [])
+    fd = bpf.load_func(function.encode(), getattr(bpf, prog_type)).fd
+    links: list[int] = []
+    try:
+        links = attach(fd)
+        ns0, n0 = run_stats(fd)
+        load()
+        ns1, n1 = run_stats(fd)
+    finally:
+        for link in links:
+            os.close(link)
+        bpf.cleanup()
+    return (ns1 - ns0) / max(n1 - n0, 1)
+
+
+def exported_ns_per_run(m0, m1, program: str) -> float:
+    """ns per run of one of podsnoop's programs between two of its scrapes (with
+    --bpf-stats on: podsnoop_bpf_program_run_seconds_total / _runs_total)."""
+    from exporter import names
+    runs, secs = names.BPF_PROGRAM_RUNS + "_total", names.BPF_PROGRAM_RUN_SECONDS + "_total"
+    n = m1.value(runs, program=program) - m0.value(runs, program=program)
+    if n <= 0:
+        raise RuntimeError(f"{program} did not run: is its collector on?")
+    return (m1.value(secs, program=program) - m0.value(secs, program=program)) * 1e9 / n

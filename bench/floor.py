@@ -22,15 +22,15 @@ by rep in one run:
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import time
 
-from common import graceful, header, summary, table, write_section
+from common import (exported_ns_per_run, floor_ns_per_run, graceful, header, summary, table,
+                    write_section)
 from syscall_path import Nothing, build_loop, ns_per_call
 
-from exporter import bpfload, names, tcx
-from exporter.bpfstats import RunTimeStats, run_stats
+from exporter import bpfload, tcx
+from exporter.bpfstats import RunTimeStats
 from exporter.exporterproc import ExporterProcess
 from exporter.testpods import PodFactory
 
@@ -75,18 +75,10 @@ def udp_blast(pod, packets: int) -> None:
 
 def floor_tc(pod, packets: int) -> dict[str, float]:
     """ns per run of an empty program at the head of each hook."""
-    bpf = bpfload.compile_program("testing/floor", [])
-    fd = bpf.load_func("floor_tc", bpf.SCHED_CLS).fd
-    links = [tcx.attach_tcx(fd, pod.host_ifindex(), hook, head=True) for hook in HOOKS]
-    try:
-        ns0, n0 = run_stats(fd)
-        udp_blast(pod, packets)
-        ns1, n1 = run_stats(fd)
-    finally:
-        for link in links:
-            os.close(link)
-        bpf.cleanup()
-    per_run = (ns1 - ns0) / max(n1 - n0, 1)
+    per_run = floor_ns_per_run(
+        "floor_tc", "SCHED_CLS",
+        lambda fd: [tcx.attach_tcx(fd, pod.host_ifindex(), hook, head=True) for hook in HOOKS],
+        lambda: udp_blast(pod, packets))
     return {hook: per_run for hook in HOOKS}  # one program on both hooks
 
 
@@ -94,17 +86,10 @@ def podsnoop_tc(factory, pod, packets: int) -> dict[str, float]:
     with Podsnoop(factory, "--syscalls", "off", "--exec", "off", "--tcp", "off",
                   "--drops", "off", "--bpf-stats", "on", interfaces=pod.host_if) as p:
         time.sleep(0.5)
-        runs, secs = names.BPF_PROGRAM_RUNS + "_total", names.BPF_PROGRAM_RUN_SECONDS + "_total"
         m0 = p.exporter.metrics()
         udp_blast(pod, packets)
         m1 = p.exporter.metrics()
-    out = {}
-    for hook in HOOKS:
-        prog = f"net/podsnoop_tc_{hook}"
-        ns = (m1.value(secs, program=prog) - m0.value(secs, program=prog)) * 1e9
-        n = m1.value(runs, program=prog) - m0.value(runs, program=prog)
-        out[hook] = ns / max(n, 1)
-    return out
+    return {hook: exported_ns_per_run(m0, m1, f"net/podsnoop_tc_{hook}") for hook in HOOKS}
 
 
 def main() -> None:

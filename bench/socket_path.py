@@ -29,10 +29,10 @@ import os
 import subprocess
 import time
 
-from common import graceful, header, summary, table, write_section
+from common import (exported_ns_per_run, floor_ns_per_run, graceful, header, summary, table,
+                    write_section)
 
-from exporter import bpfload, names
-from exporter.bpfstats import RunTimeStats, run_stats
+from exporter.bpfstats import RunTimeStats
 from exporter.collectors.container_net import (BPF_CGROUP_INET_EGRESS, BPF_CGROUP_INET_INGRESS,
                                                _libbpf)
 from exporter.exporterproc import ExporterProcess
@@ -59,26 +59,24 @@ def traffic(pod, packets: int) -> None:
 
 def floor_skb(factory, pod, packets: int) -> dict[str, float]:
     """ns per run of the empty program linked to the kubepods root on both hooks."""
-    bpf = bpfload.compile_program("testing/floor", [])
-    fd = bpf.load_func(b"floor_skb", bpf.CGROUP_SKB).fd
     lib = _libbpf()
     cg = os.open(str(factory.kubepods), os.O_RDONLY | os.O_DIRECTORY)
-    links = []
-    try:
+
+    def attach(fd: int) -> list[int]:
+        links = []
         for kind in HOOKS.values():
             link = lib.bpf_link_create(fd, cg, kind, None)
             if link < 0:
+                for made in links:
+                    os.close(made)
                 raise OSError(ctypes.get_errno(), "bpf_link_create")
             links.append(link)
-        ns0, n0 = run_stats(fd)
-        traffic(pod, packets)
-        ns1, n1 = run_stats(fd)
+        return links
+    try:
+        per_run = floor_ns_per_run("floor_skb", "CGROUP_SKB", attach,
+                                   lambda: traffic(pod, packets))
     finally:
-        for link in links:
-            os.close(link)
         os.close(cg)
-        bpf.cleanup()
-    per_run = (ns1 - ns0) / max(n1 - n0, 1)
     return {hook: per_run for hook in HOOKS}   # one program on both hooks
 
 
@@ -89,20 +87,12 @@ def podsnoop_skb(factory, pod, packets: int, *extra: str) -> dict[tuple[str, str
                            "--drops", "off", "--bpf-stats", "on", *extra).start()
     try:
         time.sleep(0.5)
-        runs, secs = names.BPF_PROGRAM_RUNS + "_total", names.BPF_PROGRAM_RUN_SECONDS + "_total"
         m0 = proc.metrics()
         traffic(pod, packets)
         m1 = proc.metrics()
     finally:
         proc.stop()
-    out = {}
-    for key, prog in PROGRAMS.items():
-        ns = (m1.value(secs, program=prog) - m0.value(secs, program=prog)) * 1e9
-        n = m1.value(runs, program=prog) - m0.value(runs, program=prog)
-        if n <= 0:
-            raise RuntimeError(f"{prog} did not run: is the collector on?")
-        out[key] = ns / n
-    return out
+    return {key: exported_ns_per_run(m0, m1, prog) for key, prog in PROGRAMS.items()}
 
 
 def main() -> None:

@@ -14,24 +14,10 @@ from exporter import kube
 from exporter.kube import (LabelAllowlist, PodIndex, PodMeta, PodWatcher, load_api_client,
                            node_name, sanitize_label_name, strip_runtime_prefix)
 from exporter.testapiserver import KubeApiServer, container_id
+from kube_helpers import api, wait_for  # noqa: F401 (api is a fixture)
 
 BASE, CAP = 0.05, 0.4          # test backoff: fast, but measurable
 ALLOW = ("app.kubernetes.io/name", "team")
-
-
-def wait_for(pred, timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return bool(pred())
-
-
-@pytest.fixture
-def api():
-    with KubeApiServer(bookmark_interval=0.2) as server:
-        yield server
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ kubernetes client: every pod and Service of the cluster into peers.PeerDirectory
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 
 import pytest
 
@@ -12,25 +12,12 @@ from exporter import peers
 from exporter.kube import load_api_client
 from exporter.kubeapi import RawPods
 from exporter.peerwatch import PeerPodWatcher, ServiceWatcher, start_peer_watchers
-from exporter.testapiserver import KubeApiServer
+import kube_helpers
+from kube_helpers import api  # noqa: F401 (a fixture)
 
 NODE = peers.NODE
 PODS, SERVICES = "/api/v1/pods", "/api/v1/services"
-
-
-def wait_for(pred, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return bool(pred())
-
-
-@pytest.fixture
-def api():
-    with KubeApiServer(bookmark_interval=0.2) as server:
-        yield server
+wait_for = functools.partial(kube_helpers.wait_for, timeout=10.0)
 
 
 @pytest.fixture
