@@ -42,7 +42,7 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)
 
 
 def log_times(text: str) -> tuple[float | None, float | None]:
-    """Wall-clock times of the first 'attached to' line and of the 'ready:' line."""
+    """Wall-clock times of the first "attached to" line and of the "ready (...)" line."""
     first = ready = None
     for line in text.splitlines():
         m = LOG_TIME.match(line)
@@ -51,7 +51,7 @@ def log_times(text: str) -> tuple[float | None, float | None]:
         t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
         if first is None and m.group(2).startswith("attached to "):
             first = t
-        if m.group(2).startswith("ready:"):
+        if m.group(2).startswith("ready ("):  # "ready (node mode): N pod interfaces, ..."
             ready = t
     return first, ready
 
