@@ -179,6 +179,10 @@ SEC("raw_tp/sys_exit")
 int sys_exit__task(struct bpf_raw_tracepoint_args *ctx)
 {
     struct task_struct *task = bpf_get_current_task_btf();
+    // A thread without any task-local storage (every host thread, unless another BPF tool
+    // gave it some) has no entry of ours: one load instead of the storage helper call.
+    if (!task->bpf_storage)
+        return 0;
     count_exit(bpf_task_storage_get(&syscall_inflight, task, 0, 0), (long)ctx->args[1]);
     return 0;
 }
