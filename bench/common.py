@@ -446,10 +446,10 @@ def wait_ready_since(proc, t0: float, timeout: float) -> float:
 
 
 def floor_ns_per_run(function: str, prog_type: str, attach, load) -> float:
-    """ns per run of an empty program of bpf/testing/floor.c (`function`, of bcc's
-    `prog_type`: "SCHED_CLS", "CGROUP_SKB")
-    while load() runs: attach(prog_fd) returns the link fds, closed afterwards. Needs the
-    kernel's run-time statistics on (bpfstats.RunTimeStats)."""
+    """ns per run of the empty program `function` of bpf/testing/floor.c (bcc's program
+    type `prog_type`: "SCHED_CLS", "CGROUP_SKB") while load() runs; attach(prog_fd) returns
+    the link fds, closed afterwards. Needs the kernel's run-time statistics on
+    (bpfstats.RunTimeStats)."""
     from exporter import bpfload
     from exporter.bpfstats import run_stats
     bpf = bpfload.compile_program("testing/floor", [])

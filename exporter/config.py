@@ -110,8 +110,8 @@ class Config:
     bpf_stats_interval: float = 120.0
     syscall_latency: bool = True
     # One call in 16 of each thread is timed: the two clock reads were most of a tracked
-    # syscall's cost (2.06x the floor timing every call, 0.82x at 16; bench/floor.py); the
-    # counts stay exact and a histogram's quantiles do not depend on the sampling.
+    # syscall's cost (bench/floor.py, figures in bench/RESULTS.md); the counts stay exact
+    # and a histogram's quantiles do not depend on the sampling.
     syscall_latency_every: int = 16
     pod_info_dir: str = "/etc/podinfo"
     # Web conventions (issue 15).

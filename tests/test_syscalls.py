@@ -250,14 +250,9 @@ def test_latency_every_n_times_one_call_in_n_and_counts_all(pods):
     proc = run_exporter(pods, "--syscall-latency-every", "4")
     try:
         app = pod.containers["app"]
-        m0 = proc.metrics()
-        pod.exec([DEBIAN_PYTHON, "-c", GETSID, "4000"], container="app")
-        m1 = proc.metrics()
-        calls_added = sum(v for lab, v in m1.samples[CALLS] if lab["container_id"] == app.id) \
-            - sum(v for lab, v in m0.samples.get(CALLS, []) if lab["container_id"] == app.id)
-        timed = m1.value(HIST_COUNT, container_id=app.id) - m0.value(HIST_COUNT,
-                                                                     container_id=app.id)
-        assert m1.value(CALLS, container_id=app.id, syscall="getsid") == 4000
+        timed, calls_added = timed_and_counted(
+            proc, app, lambda: pod.exec([DEBIAN_PYTHON, "-c", GETSID, "4000"], container="app"))
+        assert calls(proc, app, "getsid") == 4000
         assert calls_added > 4000, calls_added
         assert calls_added // 4 - 2 <= timed <= calls_added // 4 + 1, (timed, calls_added)
     finally:
