@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from . import __version__, names
+from .kubeclient import ApiError
 from .config import DEFAULT_GRACE_SECONDS  # noqa: F401  (one grace period for all state)
 
 log = logging.getLogger(__name__)
@@ -548,8 +549,6 @@ class ListWatcher:
             self._release()
 
     def _list(self, api, consistent: bool) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         cpu0 = time.thread_time()
         # "0" lets the API server answer from its watch cache: the cheap list every
         # DaemonSet should use. After a 410 we want a consistent (quorum) read instead.
@@ -563,7 +562,7 @@ class ListWatcher:
         while True:
             try:
                 body = self._list_page(api, **kw)
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status == 410 and "_continue" in kw:  # token outlived compaction
                     raise _Gone(_describe(exc)) from exc
                 raise
@@ -594,8 +593,6 @@ class ListWatcher:
 
     def _watch(self, api) -> bool:
         """One watch request. True if it ended normally (server timeout, stop)."""
-        from kubernetes.client.exceptions import ApiException
-
         timeout = int(self.watch_timeout * random.uniform(1.0, 1.2))  # spread reconnects
         try:
             resp = self._open(lambda: self._request(
@@ -606,7 +603,7 @@ class ListWatcher:
                 timeout_seconds=timeout,
                 _preload_content=False,
                 _request_timeout=(self.connect_timeout, timeout + self.read_timeout)))
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 410:
                 raise _Gone(_describe(exc)) from exc
             raise
@@ -636,8 +633,7 @@ class ListWatcher:
             msg = f"{obj.get('reason', '')}: {obj.get('message', '')}"
             if code == 410:
                 raise _Gone(msg)
-            from kubernetes.client.exceptions import ApiException
-            raise ApiException(status=code or 0, reason=msg)
+            raise ApiError(code or 0, msg)
         if kind in ("ADDED", "MODIFIED"):
             self._upsert(obj)
         elif kind == "DELETED":
@@ -725,48 +721,89 @@ def _close(client) -> None:
 
 
 def load_api_client(mode: str = "auto", kubeconfig: str | None = None):
-    """An ApiClient for this environment, or None (pods will be unlabelled).
+    """The watchers' read-only client for this environment (kubeclient.KubeApi, or
+    kubeclient.LibraryApi for a kubeconfig only the kubernetes package can read), or None
+    (pods will be unlabelled).
 
     auto: in-cluster service account if KUBERNETES_SERVICE_HOST is set (unless an explicit
     kubeconfig is given), else `kubeconfig`, else $KUBECONFIG, else ~/.kube/config if it
     exists. An explicit `kubeconfig` that cannot be loaded raises; an auto-detected one that
     fails is logged and gives None, so the exporter still runs.
     """
+    return _load(mode, kubeconfig, lean=True)
+
+
+def load_kubernetes_client(mode: str = "auto", kubeconfig: str | None = None):
+    """The kubernetes package's ApiClient, found as load_api_client finds its config: for
+    resize's PATCH and the program CRD watcher, which use the package's generated APIs."""
+    return _load(mode, kubeconfig, lean=False)
+
+
+USER_AGENT = f"podsnoop/{__version__}"
+
+
+def _load(mode: str, kubeconfig: str | None, lean: bool):
     if mode == "off":
         log.info("Kubernetes API disabled (kube mode off): pods will be unlabelled")
         return None
     if mode != "auto":
         raise ValueError(f"kube mode must be 'auto' or 'off', not {mode!r}")
-
-    from kubernetes import config
-    from kubernetes.client import ApiClient, Configuration
-
-    cfg = Configuration()
     if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg,
-                                persist_config=False)
-        source = kubeconfig
-    else:
-        try:
-            if os.environ.get("KUBERNETES_SERVICE_HOST"):
-                source = "in-cluster service account"
-                config.load_incluster_config(client_configuration=cfg)
-            else:
-                source = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-                if not os.environ.get("KUBECONFIG") and not os.path.exists(source):
-                    log.warning("no in-cluster config and no kubeconfig (--kubeconfig, "
-                                "$KUBECONFIG, ~/.kube/config): pods will be unlabelled")
-                    return None
-                config.load_kube_config(config_file=source, client_configuration=cfg,
-                                        persist_config=False)
-        except Exception as exc:  # noqa: BLE001 - auto-detection must not stop the exporter
-            log.warning("cannot load Kubernetes config from %s (%s): pods will be unlabelled",
-                        source, exc)
+        return _from_file(kubeconfig, lean)
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            source = "in-cluster service account"
+            if lean:
+                from . import kubeclient
+                return _lean(kubeclient.in_cluster(), source)
+            from kubernetes import config
+            from kubernetes.client import Configuration
+            cfg = Configuration()
+            config.load_incluster_config(client_configuration=cfg)
+            return _library(cfg, source)
+        source = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        if not os.environ.get("KUBECONFIG") and not os.path.exists(source):
+            log.warning("no in-cluster config and no kubeconfig (--kubeconfig, "
+                        "$KUBECONFIG, ~/.kube/config): pods will be unlabelled")
             return None
+        return _from_file(source, lean)
+    except Exception as exc:  # noqa: BLE001 - auto-detection must not stop the exporter
+        log.warning("cannot load Kubernetes config from %s (%s): pods will be unlabelled",
+                    source, exc)
+        return None
+
+
+def _from_file(path: str, lean: bool):
+    """A kubeconfig: read by kubeclient.py if `lean` and it can, else by the kubernetes
+    package (its ApiClient wrapped in LibraryApi if `lean`). Several files (KUBECONFIG=a:b)
+    are merged by the kubernetes package only."""
+    from . import kubeclient
+    if lean and os.pathsep not in path:
+        try:
+            return _lean(kubeclient.from_kubeconfig(path), path)
+        except kubeclient.NeedsLibrary as needs:
+            log.info("the kubeconfig %s uses %s: reading it with the kubernetes package",
+                     path, needs)
+    from kubernetes import config
+    from kubernetes.client import Configuration
+    cfg = Configuration()
+    config.load_kube_config(config_file=path, client_configuration=cfg, persist_config=False)
+    client = _library(cfg, path)
+    return kubeclient.LibraryApi(client) if lean else client
+
+
+def _library(cfg, source: str):
+    from kubernetes.client import ApiClient
     client = ApiClient(configuration=cfg)
-    client.user_agent = f"podsnoop/{__version__}"
+    client.user_agent = USER_AGENT
     log.info("Kubernetes API %s (from %s)", cfg.host, source)
     return client
+
+
+def _lean(endpoint, source: str):
+    from .kubeclient import KubeApi
+    log.info("Kubernetes API %s (from %s)", endpoint.host, source)
+    return KubeApi(endpoint, USER_AGENT)
 
 
 def node_name(arg: str | None = None) -> str:

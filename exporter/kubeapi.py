@@ -1,13 +1,9 @@
-"""The pod and Service list and watch requests of the watchers (kube.py, peerwatch.py),
-made through the kubernetes client's ApiClient (its configuration: in-cluster or kubeconfig
-auth, TLS, proxy, timeouts) but without its generated API class.
+"""The pod and Service list and watch requests of the watchers (kube.py, peerwatch.py), as
+CoreV1Api would send them (the same path, query parameters and Accept header), over either
+client of kubeclient.py.
 
-Why: kubernetes.client.CoreV1Api is a ~37,000-line module whose methods are validated by
-pydantic; importing it and building its Pod models costs the serving process ~21 MB
-(measured: 97.7 MB steady RSS with --kube auto at 110 pods, against 56 MB with --kube off),
-while podsnoop reads the raw JSON anyway (_preload_content=False). The requests are those
-CoreV1Api would send: the same path, query parameters, Accept header, BearerToken auth, and
-a non-2xx answer raised as the same ApiException.
+Why not CoreV1Api: it is a ~37,000-line module whose methods are validated by pydantic, and
+podsnoop reads the raw JSON anyway (kubeclient.py says what its import costs).
 """
 from __future__ import annotations
 
@@ -24,8 +20,8 @@ class RawPods:
     as CoreV1Api has them with _preload_content=False: the urllib3 response, its body
     unread. Pagination as CoreV1Api names it: `limit`, `_continue`."""
 
-    def __init__(self, api_client):
-        self.api_client = api_client
+    def __init__(self, api):
+        self.api = api    # a kubeclient.KubeApi or LibraryApi
 
     def list_pod_for_all_namespaces(self, **kw):
         return self._get("/api/v1/pods", **kw)
@@ -36,16 +32,8 @@ class RawPods:
     def list_service_for_all_namespaces(self, **kw):
         return self._get("/api/v1/services", **kw)
 
-    def _get(self, path: str, *, _preload_content: bool = False, _request_timeout=None,
-             **params):
-        from kubernetes.client.exceptions import ApiException
+    def _get(self, path: str, *, _preload_content: bool = False,
+             _request_timeout: tuple[float, float] = (5.0, 30.0), **params):
         assert not _preload_content, "the watcher reads raw JSON"
         query = [(QUERY[k], v) for k, v in params.items() if v is not None]
-        request = self.api_client.param_serialize(
-            "GET", path, query_params=query, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"])
-        response = self.api_client.call_api(*request, _request_timeout=_request_timeout)
-        if not 200 <= response.status <= 299:
-            response.read()
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
-        return response.response
+        return self.api.get(path, query, _request_timeout)

@@ -176,9 +176,14 @@ class KubeApiServer:
     Start with `start()` or `with`."""
 
     def __init__(self, *, bookmark_interval: float = 1.0,
-                 token: str = "podsnoop-test-token", host: str = "127.0.0.1") -> None:
-        """host: the address to serve on (a test pod reaches the host at its veth's)."""
+                 token: str = "podsnoop-test-token", host: str = "127.0.0.1",
+                 ssl_context=None) -> None:
+        """host: the address to serve on (a test pod reaches the host at its veth's).
+        ssl_context: serve HTTPS with it; a client certificate it verifies (verify_mode
+        CERT_OPTIONAL and a CA loaded) is accepted instead of the token, as kube-apiserver's
+        --client-ca-file does."""
         self.host = host
+        self.ssl_context = ssl_context
         self.bookmark_interval = bookmark_interval
         self.token = token
         self.port = 0
@@ -218,7 +223,8 @@ class KubeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self) -> "KubeApiServer":
         ready = threading.Event()
@@ -286,7 +292,7 @@ class KubeApiServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        self._site = web.SockSite(self._runner, sock)
+        self._site = web.SockSite(self._runner, sock, ssl_context=self.ssl_context)
         await self._site.start()
 
     async def _shutdown(self) -> None:
@@ -710,7 +716,8 @@ class KubeApiServer:
                 request.transport.abort()
             entry.status = 0
             return web.Response(status=503)
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        if (request.headers.get("Authorization") != f"Bearer {self.token}"
+                and not self._client_certificate(request)):
             return self._error(request, 401, "Unauthorized")
         hit = next((i for i, (_, path) in enumerate(self._fail)
                     if path is None or path == request.path), None)
@@ -718,6 +725,11 @@ class KubeApiServer:
             code, _ = self._fail.pop(hit)
             return self._error(request, code, _fail_message(code, request.path))
         return await handler(request)
+
+    @staticmethod
+    def _client_certificate(request: web.Request) -> bool:
+        """A client certificate the TLS handshake verified against the server's CA."""
+        return bool(request.transport and request.transport.get_extra_info("peercert"))
 
     def _error(self, request: web.Request, code: int, message: str) -> web.Response:
         request[LOG_KEY].status = code

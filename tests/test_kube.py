@@ -12,7 +12,9 @@ from kubernetes.config.config_exception import ConfigException
 
 from exporter import kube
 from exporter.kube import (LabelAllowlist, PodIndex, PodMeta, PodWatcher, load_api_client,
-                           node_name, sanitize_label_name, strip_runtime_prefix)
+                           load_kubernetes_client, node_name, sanitize_label_name,
+                           strip_runtime_prefix)
+from exporter.kubeapi import RawPods
 from exporter.testapiserver import KubeApiServer, container_id
 from kube_helpers import api, wait_for  # noqa: F401 (api is a fixture)
 
@@ -430,16 +432,18 @@ def test_load_api_client_sources(api, clean_env, caplog, tmp_path):
         load_api_client("in-cluster-please")
 
     client = load_api_client("auto", api.kubeconfig_path)
-    assert client.configuration.host == api.url
-    assert CoreV1Api(client).list_pod_for_all_namespaces().items == []   # token sent
+    assert client.host == api.url
+    assert RawPods(client).list_pod_for_all_namespaces().json()["items"] == []  # token sent
+    library = load_kubernetes_client("auto", api.kubeconfig_path)  # the writers' client
+    assert CoreV1Api(library).list_pod_for_all_namespaces().items == []
 
     clean_env.setenv("KUBECONFIG", api.kubeconfig_path)
-    assert load_api_client("auto").configuration.host == api.url
+    assert load_api_client("auto").host == api.url
     clean_env.delenv("KUBECONFIG")
 
     (tmp_path / ".kube").mkdir()
     (tmp_path / ".kube" / "config").write_text(open(api.kubeconfig_path).read())
-    assert load_api_client("auto").configuration.host == api.url
+    assert load_api_client("auto").host == api.url
     (tmp_path / ".kube" / "config").unlink()
 
     caplog.clear()
@@ -453,8 +457,10 @@ def test_load_api_client_sources(api, clean_env, caplog, tmp_path):
     assert load_api_client("auto") is None
     assert "in-cluster" in caplog.text and "unlabelled" in caplog.text
 
-    with pytest.raises(ConfigException):         # an explicit, broken kubeconfig is fatal
+    with pytest.raises(FileNotFoundError):       # an explicit, broken kubeconfig is fatal
         load_api_client("auto", str(tmp_path / "missing"))
+    with pytest.raises(ConfigException):
+        load_kubernetes_client("auto", str(tmp_path / "missing"))
 
 
 def test_node_name(clean_env):

@@ -510,9 +510,9 @@ def start_crd_watcher(cfg, manager: ProgramManager):
     """The PodsnoopProgram watcher (--program-crds on), on its own API client."""
     from .. import kube
     from .crd import ProgramWatcher
-    if cfg.kube == "off" or kube.load_api_client(cfg.kube, cfg.kubeconfig) is None:
+    if cfg.kube == "off" or kube.load_kubernetes_client(cfg.kube, cfg.kubeconfig) is None:
         raise PodsnoopError("--program-crds on needs the Kubernetes API",
                             "run with --kube auto in a cluster (or with --kubeconfig), or "
                             "--program-crds off")
-    return ProgramWatcher(manager, lambda: kube.load_api_client(cfg.kube,
-                                                                cfg.kubeconfig)).start()
+    return ProgramWatcher(manager, lambda: kube.load_kubernetes_client(
+        cfg.kube, cfg.kubeconfig)).start()

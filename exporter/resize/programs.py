@@ -201,7 +201,7 @@ class ResizeOnExec:
         dry_run = cfg.resize == "dry-run"
         patcher = None
         if not dry_run:
-            client = kube.load_api_client(cfg.kube, cfg.kubeconfig)
+            client = kube.load_kubernetes_client(cfg.kube, cfg.kubeconfig)
             if client is None:
                 raise PodsnoopError("--resize on needs a Kubernetes API client and none is "
                                     "configured", "run in a cluster, give --kubeconfig, or "
