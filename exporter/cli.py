@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.parse(argv)
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .memory import limit_malloc_arenas
+    limit_malloc_arenas()  # before the first thread
     try:
         from . import app  # imports pyroute2/aiohttp; kept after flag parsing for fast --help
         return asyncio.run(app.run(cfg))
