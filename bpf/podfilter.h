@@ -31,6 +31,7 @@
 // Ids of the kubepods root cgroups, maintained by userspace; unused slots are 0.
 struct kubepods_root_ids {
     u64 ids[MAX_KUBEPODS_ROOTS];
+    u64 gen;  // bumped after each change (the precompiled programs' verdict caches)
 };
 BPF_ARRAY(kubepods_roots, struct kubepods_root_ids, 1);
 

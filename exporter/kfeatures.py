@@ -5,7 +5,8 @@ verifier's answer is the answer. Microseconds, no compiler, no kernel version gu
 
 Used where BTF cannot tell: a helper that exists but a program type may not call yet
 (bpf_get_current_ancestor_cgroup_id: cgroup_skb since 5.7, tracing programs since 5.14;
-task storage: the map type since 5.11, from tracing programs since 5.13).
+task storage: the map type since 5.11, from tracing programs since 5.13;
+bpf_get_current_task_btf: 5.11).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ PROG_TYPE_TRACEPOINT = 5
 PROG_TYPE_RAW_TRACEPOINT = 17
 HELPER_GET_CURRENT_ANCESTOR_CGROUP_ID = 123
 HELPER_TASK_STORAGE_GET = 156
+HELPER_GET_CURRENT_TASK_BTF = 158
 
 
 @lru_cache(maxsize=None)
@@ -47,3 +49,9 @@ def tracing_ancestor_cgroup_helper() -> bool:
 def tracing_task_storage() -> bool:
     """Task-local storage from raw tracepoint programs (5.13+; the map type is 5.11's)."""
     return helper_allowed(PROG_TYPE_RAW_TRACEPOINT, HELPER_TASK_STORAGE_GET)
+
+
+def tracing_task_btf() -> bool:
+    """bpf_get_current_task_btf from raw tracepoint programs (5.11+): the pod filter then
+    reads the task's cgroup id with plain loads (bpf/podfilter.bpf.h current_cgroup_id)."""
+    return helper_allowed(PROG_TYPE_RAW_TRACEPOINT, HELPER_GET_CURRENT_TASK_BTF)

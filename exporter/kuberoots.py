@@ -72,11 +72,17 @@ class RootSync:
                 continue
             wanted.append(ino)
         zero = ctypes.c_int(0)
-        current = list(self.table[zero].ids)
+        current = self.table[zero]
         new = sorted(wanted) + [0] * (MAX_ROOTS - len(wanted))
-        if current != new:
+        if list(current.ids) != new:
+            # The ids first, under the old generation; then the generation, so that a program
+            # that read the new generation also reads whole new ids (the verdict caches of
+            # bpf/syscalls.bpf.c trust a verdict only under the generation it was made in).
             leaf = self.table.Leaf()
             leaf.ids[:] = new
+            leaf.gen = current.gen
+            self.table[zero] = leaf
+            leaf.gen = current.gen + 1
             self.table[zero] = leaf
         return len(wanted)
 

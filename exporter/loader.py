@@ -62,7 +62,8 @@ def _pod_filter(level: int, filter_pods: bool = True) -> dict[str, int]:
     """bpf/podfilter.bpf.h's constants."""
     from . import kfeatures
     return dict(filter_pods=int(filter_pods), kubepods_level=level,
-                ancestor_helper=int(kfeatures.tracing_ancestor_cgroup_helper()))
+                ancestor_helper=int(kfeatures.tracing_ancestor_cgroup_helper()),
+                task_btf=int(kfeatures.tracing_task_btf()))
 
 
 def _exec_object(cfg, level):
