@@ -34,7 +34,7 @@ from syscall_path import Nothing, build_loop, ns_per_call
 from exporter import bpfload, tcx
 from exporter.bpfstats import RunTimeStats
 from exporter.exporterproc import ExporterProcess
-from exporter.testpods import PodFactory
+from exporter.testpods import PodFactory, in_cgroup
 
 HOOKS = ("ingress", "egress")
 
@@ -82,8 +82,7 @@ class HostService:
 
     def run(self, argv: list[str]) -> float:
         """ns per call of the loop `argv`, run in this cgroup."""
-        script = f'echo $$ > {self.unit}/cgroup.procs && exec "$@"'
-        return ns_per_call(["sh", "-c", script, "sh", *argv])
+        return ns_per_call(in_cgroup(self.unit, argv))
 
     def __exit__(self, *exc):
         for cgroup in (self.unit, self.slice):

@@ -138,17 +138,30 @@ class _TestRunAttr(ctypes.Structure):
                 ("batch_size", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
 
 
-def test_run(fd: int, frame: bytes, repeat: int) -> tuple[int, int]:
-    """(return value, mean ns per run) of the kernel running the program `repeat` times
-    on this frame (BPF_PROG_TEST_RUN; no network, no other process involved)."""
-    buf = ctypes.create_string_buffer(frame, len(frame))
-    attr = _TestRunAttr(prog_fd=fd, data_size_in=len(frame),
-                        data_in=ctypes.addressof(buf), repeat=repeat)
+def _prog_test_run(attr: _TestRunAttr) -> _TestRunAttr:
+    """BPF_PROG_TEST_RUN; the kernel fills in attr's results."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     if libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
         raise OSError(ctypes.get_errno(), "BPF_PROG_TEST_RUN")
+    return attr
+
+
+def test_run(fd: int, frame: bytes, repeat: int) -> tuple[int, int]:
+    """(return value, mean ns per run) of the kernel running the program `repeat` times
+    on this frame (BPF_PROG_TEST_RUN; no network, no other process involved)."""
+    buf = ctypes.create_string_buffer(frame, len(frame))
+    attr = _prog_test_run(_TestRunAttr(prog_fd=fd, data_size_in=len(frame),
+                                       data_in=ctypes.addressof(buf), repeat=repeat))
     return ctypes.c_int32(attr.retval).value, attr.duration
+
+
+def raw_tp_run(fd: int, args: list[int]) -> int:
+    """Run a raw tracepoint program once as the calling task, on its CPU, with the
+    tracepoint's u64 arguments `args`; its return value."""
+    ctx = (ctypes.c_uint64 * len(args))(*args)
+    return _prog_test_run(_TestRunAttr(prog_fd=fd, ctx_in=ctypes.addressof(ctx),
+                                       ctx_size_in=ctypes.sizeof(ctx))).retval
 
 
 def _frames() -> dict[str, bytes]:

@@ -29,6 +29,12 @@ def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
 
 
+def in_cgroup(cgroup: Path, argv: list[str]) -> list[str]:
+    """argv, run by a shell that first moves itself into `cgroup` (cgroup v2)."""
+    script = f'echo $$ > {shlex.quote(str(cgroup))}/cgroup.procs && exec "$@"'
+    return ["sh", "-c", script, "sh", *argv]
+
+
 @dataclass
 class Container:
     name: str
@@ -56,8 +62,7 @@ class TestPod:
 
     def _argv(self, container: str | None, argv: list[str]) -> list[str]:
         c = self.containers[container] if container else self.first_container
-        script = f'echo $$ > {shlex.quote(str(c.cgroup))}/cgroup.procs && exec "$@"'
-        return ["sh", "-c", script, "sh", "ip", "netns", "exec", self.netns, *argv]
+        return in_cgroup(c.cgroup, ["ip", "netns", "exec", self.netns, *argv])
 
     def run(self, argv: list[str], container: str | None = None, **popen) -> subprocess.Popen:
         """Start a process inside the pod: in the container's cgroup and the pod's netns."""

@@ -18,16 +18,17 @@ from pathlib import Path
 from exporter import kfeatures
 from exporter.cgroups import find_cgroup2_mount
 from exporter.kuberoots import level_of
+from exporter.testpods import in_cgroup
 
 REPO = Path(__file__).resolve().parent.parent
 
 PROBE = r"""
 import ctypes as ct, json, os, sys
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 from exporter import config, loader
 from exporter.kuberoots import RootSync
-from test_pod_filter_cache import raw_tp_run
+from packet_path import raw_tp_run
 
 NR = 4000   # no such syscall: only this probe's runs count under it
 kubepods, level = sys.argv[2], int(sys.argv[3])
@@ -79,30 +80,15 @@ print(json.dumps(steps))
 """
 
 
-def raw_tp_run(fd: int, args: list[int]) -> int:
-    """Run a raw tracepoint program once as the calling task, on its CPU
-    (BPF_PROG_TEST_RUN with the tracepoint's u64 arguments); its return value."""
-    import ctypes as ct
-    sys.path.insert(0, str(REPO / "bench"))
-    from packet_path import BPF_PROG_TEST_RUN, SYS_BPF, _TestRunAttr
-    ctx = (ct.c_uint64 * len(args))(*args)
-    attr = _TestRunAttr(prog_fd=fd, ctx_in=ct.addressof(ctx), ctx_size_in=ct.sizeof(ctx))
-    libc = ct.CDLL(None, use_errno=True)
-    libc.syscall.restype = ct.c_long
-    if libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, ct.byref(attr), ct.sizeof(attr)) < 0:
-        raise OSError(ct.get_errno(), "BPF_PROG_TEST_RUN")
-    return attr.retval
-
-
 def test_a_cached_verdict_is_reused_only_under_its_roots_generation(kernel, factory):
     pod = factory.create()
     mount = find_cgroup2_mount()
     level = level_of(str(factory.kubepods), mount)
     # in the container's cgroup (not its netns: `ip netns exec` would hide the cgroup mount)
     cgroup = pod.containers["app"].cgroup
-    out = subprocess.run(["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
-                          sys.executable, "-c", PROBE, str(REPO), str(factory.kubepods),
-                          str(level), mount], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(in_cgroup(cgroup, [sys.executable, "-c", PROBE, str(REPO),
+                                            str(factory.kubepods), str(level), mount]),
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     steps = json.loads(out.stdout)
     cached = kfeatures.tracing_task_btf()   # before 5.11 there is no cache: every call asks
